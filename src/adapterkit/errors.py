@@ -1,0 +1,75 @@
+"""Typed errors. Each names the thing that is wrong and how to fix it.
+
+They subclass the built-in exception a caller would already catch
+(`FileNotFoundError`, `ValueError`, `KeyError`), so code written against PEFT's
+behaviour keeps working, and code written for adapterkit can be precise.
+"""
+
+from __future__ import annotations
+
+
+class AdapterError(Exception):
+    """Base of every adapterkit error."""
+
+
+# --- files -----------------------------------------------------------------
+class AdapterFolderNotFoundError(AdapterError, FileNotFoundError):
+    """The adapter folder (or file) given does not exist."""
+
+
+class AdapterConfigNotFoundError(AdapterError, FileNotFoundError):
+    """The folder exists but holds no adapter_config.json."""
+
+
+class AdapterWeightsNotFoundError(AdapterError, FileNotFoundError):
+    """The folder holds a config but no adapter_model.safetensors / .bin."""
+
+
+class CorruptAdapterFileError(AdapterError, ValueError):
+    """A weights file is truncated, corrupt, or not what its name says."""
+
+
+# --- configuration ---------------------------------------------------------
+class AdapterConfigError(AdapterError, ValueError):
+    """adapter_config.json or a LoraConfig is missing a field or holds a bad value."""
+
+
+class UnsupportedAdapterError(AdapterConfigError):
+    """The config asks for a method or option adapterkit does not implement."""
+
+
+class TargetModulesError(AdapterError, ValueError):
+    """target_modules matched nothing, or some of its entries matched nothing."""
+
+
+# --- weights against the model --------------------------------------------
+class AdapterShapeMismatchError(AdapterError, ValueError):
+    """A tensor in the file does not fit the module it targets."""
+
+
+class AdapterKeyMismatchError(AdapterError, ValueError):
+    """The file holds keys the model does not expect, or lacks keys it needs."""
+
+
+class BaseModelMismatchError(AdapterError, ValueError):
+    """The adapter was trained on another base model (fingerprint differs)."""
+
+
+# --- adapter bookkeeping ---------------------------------------------------
+class AdapterExistsError(AdapterError, ValueError):
+    """An adapter of that name is already loaded and holds trained weights."""
+
+
+class UnknownAdapterError(AdapterError, ValueError, KeyError):
+    """No adapter of that name is loaded."""
+
+    # KeyError's str() wraps the message in quotes; keep it readable.
+    __str__ = ValueError.__str__  # type: ignore[assignment]
+
+
+class AdapterStateError(AdapterError, ValueError):
+    """The operation does not fit the adapter's state (merged, training, tied weights)."""
+
+
+class NaNInMergeError(AdapterStateError):
+    """safe_merge found NaN or inf in a merged weight; nothing was changed."""

@@ -1,0 +1,131 @@
+"""Base-model fingerprints: which base an adapter was trained on.
+
+Two bases of the same architecture and shapes (a chat variant and its base
+variant, say) accept each other's adapters without any shape error, and the
+outputs are quietly wrong. The fingerprint tells them apart: it hashes the
+architecture, the shape of every module an adapter can target, and a fixed,
+deterministic sample of the weights.
+
+The sample is rounded to bfloat16 before hashing so that the same base loaded
+in float32, bfloat16 or float16 (as from a GGUF dequantised to float32) gives
+the same fingerprint. Cost: a few thousand scalars read, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Scalars sampled per parameter, and parameters sampled in all.
+_SAMPLES_PER_TENSOR = 64
+_MAX_TENSORS = 64
+_ADAPTABLE = ("Linear", "Conv1D", "Embedding")
+
+
+@dataclass(frozen=True)
+class BaseFingerprint:
+    architecture: str
+    shapes_sha256: str
+    weights_sha256: str
+    name: str = ""
+
+    @property
+    def digest(self) -> str:
+        """One short string for both hashes: what stores and metadata compare."""
+        combined = hashlib.sha256((self.shapes_sha256 + self.weights_sha256).encode()).hexdigest()
+        return combined[:32]
+
+    def to_metadata(self) -> dict[str, str]:
+        """Entries for a safetensors header (all values must be strings)."""
+        return {
+            "adapterkit.base.architecture": self.architecture,
+            "adapterkit.base.fingerprint": self.digest,
+            "adapterkit.base.shapes_sha256": self.shapes_sha256,
+            "adapterkit.base.name": self.name,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str] | None) -> "BaseFingerprint | None":
+        if not metadata or "adapterkit.base.fingerprint" not in metadata:
+            return None
+        return _RecordedFingerprint(
+            architecture=metadata.get("adapterkit.base.architecture", ""),
+            shapes_sha256=metadata.get("adapterkit.base.shapes_sha256", ""),
+            weights_sha256="",
+            name=metadata.get("adapterkit.base.name", ""),
+            recorded_digest=metadata["adapterkit.base.fingerprint"],
+        )
+
+    def describe(self) -> str:
+        label = self.name or "unnamed base"
+        return f"{label} ({self.architecture}, fingerprint {self.digest})"
+
+
+@dataclass(frozen=True)
+class _RecordedFingerprint(BaseFingerprint):
+    """A fingerprint read back from a file: only its digest is known."""
+
+    recorded_digest: str = ""
+
+    @property
+    def digest(self) -> str:
+        return self.recorded_digest
+
+
+def _architecture(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    archs = getattr(config, "architectures", None)
+    if archs:
+        return str(archs[0])
+    return type(model).__name__
+
+
+def _base_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or "")
+
+
+def _sample(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().reshape(-1)
+    count = min(_SAMPLES_PER_TENSOR, flat.numel())
+    # Evenly spaced indices: deterministic, and they cover the whole tensor.
+    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    values = flat.index_select(0, index).to(torch.float32).to(torch.bfloat16).to(torch.float32)
+    return values.cpu().numpy().tobytes()
+
+
+def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> BaseFingerprint:
+    """Fingerprint `model` as it is now (call it before merging any adapter).
+
+    `skip_prefixes` leaves out parameters under those names (adapter weights
+    already attached, for example).
+    """
+    shapes = hashlib.sha256()
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        weight = getattr(module, "weight", None)
+        if kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
+            shapes.update(json.dumps([name, kind, list(weight.shape)]).encode())
+    weights = hashlib.sha256()
+    params = [
+        (name, p)
+        for name, p in model.named_parameters(remove_duplicate=True)
+        if not any(name.startswith(prefix) for prefix in skip_prefixes) and p.numel() > 0
+    ]
+    params.sort(key=lambda item: item[0])
+    stride = max(1, len(params) // _MAX_TENSORS)
+    for name, param in params[::stride]:
+        if param.device.type == "meta":
+            continue
+        weights.update(name.encode())
+        weights.update(_sample(param))
+    return BaseFingerprint(
+        architecture=_architecture(model),
+        shapes_sha256=shapes.hexdigest(),
+        weights_sha256=weights.hexdigest(),
+        name=_base_name(model),
+    )

@@ -1,0 +1,1 @@
+"""LoRA math and injection. Imports torch and the standard library only."""

@@ -1,0 +1,261 @@
+"""LoraAdapters: every LoRA adapter of one base module, and the math on them.
+
+The container hangs off the base module as its child `lora` and adds its output
+through a forward hook, so the base module keeps its class and its keys
+(`<path>.weight` stays `<path>.weight`). For a base weight W, adapter i adds
+
+    y = base(x) + s_i · B_i (A_i x)        A_i: (r_i, in), B_i: (out, r_i)
+
+Linear, transformers' Conv1D (weight stored transposed, (in, out)) and Embedding
+(A_i is indexed by token id instead of multiplied) are handled. Merge folds
+s_i B_i A_i into W; unmerge subtracts it again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapterkit.core.pack import RankPack
+
+
+@dataclass
+class AdapterRouting:
+    """Which adapters run: shared by every LoraAdapters of one model, so switching
+    adapters is one assignment whatever the number of layers or adapters."""
+
+    active: tuple[str, ...] = ()
+    disabled: bool = False
+    # Mixed batches: the adapter id of each row (0 = base), set for one forward call.
+    row_ids: torch.Tensor | None = None
+    ids: dict[str, int] = field(default_factory=dict)  # adapter name -> row id (>= 1)
+
+    def id_for(self, name: str) -> int:
+        if name not in self.ids:
+            self.ids[name] = max(self.ids.values(), default=0) + 1
+        return self.ids[name]
+
+
+@dataclass
+class _AdapterInfo:
+    rank: int
+    scale: float
+    dropout: float
+
+
+def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+class LoraAdapters(nn.Module):
+    def __init__(self, base: nn.Module, kind: str, routing: AdapterRouting) -> None:
+        super().__init__()
+        self.kind = kind
+        self.routing = routing
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.lora_dropout = nn.ModuleDict()
+        # The base module is referenced, not registered, so it is not a child of its own child.
+        self.__dict__["_base"] = base
+        weight = base.weight
+        if kind == "linear":
+            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        elif kind == "conv1d":  # transformers' Conv1D stores W as (in, out)
+            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        else:  # embedding: (num_embeddings, embedding_dim)
+            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        self.info: dict[str, _AdapterInfo] = {}
+        self.merged: list[str] = []
+        self.packs: dict[int, RankPack] = {}
+        # Per pack, row id -> slot; grown on demand to cover every row id in use.
+        self._slot_tables: dict[int, torch.Tensor] = {}
+
+    # --- shapes -------------------------------------------------------------
+    def expected_shapes(self, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Shapes of A and B as PEFT stores them: (r, in) and (out, r)."""
+        return (rank, self.in_features), (self.out_features, rank)
+
+    @property
+    def base(self) -> nn.Module:
+        return self.__dict__["_base"]
+
+    def _params(self):
+        return (self.lora_A, self.lora_B)
+
+    # --- adding and removing adapters --------------------------------------
+    def add(self, name: str, rank: int, alpha: float, dropout: float, use_rslora: bool,
+            init: bool | str = True, trainable: bool = True) -> None:
+        assert name not in self.info, name  # callers check names first
+        weight = self.base.weight
+        pack = self.packs.get(rank)
+        if pack is None:
+            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
+                                               weight.device, weight.dtype)
+        scale = lora_scale(alpha, rank, use_rslora)
+        slot = pack.add(name, scale, self._params())
+        self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
+        self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.info[name] = _AdapterInfo(rank, scale, dropout)
+        self._set_slot(rank, self.routing.id_for(name), slot)
+        self.reset(name, init)
+
+    def remove(self, name: str) -> None:
+        if name in self.merged:
+            self.unmerge([name])
+        info = self.info.pop(name)
+        self.packs[info.rank].remove(name)
+        self._set_slot(info.rank, self.routing.id_for(name), 0)
+        del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+
+    @torch.no_grad()
+    def reset(self, name: str, init: bool | str = True) -> None:
+        """PEFT's initialisations, so a fresh adapter behaves the same in both."""
+        A, B = self.lora_A[name], self.lora_B[name]
+        if self.kind == "embedding":
+            if init is False:
+                nn.init.normal_(A)
+                nn.init.normal_(B)
+            else:  # B random, A zero: still a no-op at start
+                nn.init.zeros_(A)
+                nn.init.normal_(B)
+            return
+        if init == "gaussian":
+            nn.init.normal_(A, std=1 / self.info[name].rank)
+        else:
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        if init is False:
+            nn.init.kaiming_uniform_(B, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(B)
+
+    def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
+        table = self._slot_tables.get(rank)
+        device = self.packs[rank].device
+        if table is None or table.numel() <= row_id:
+            grown = torch.zeros(max(row_id + 1, 2 * (0 if table is None else table.numel())),
+                                dtype=torch.long, device=device)
+            if table is not None:
+                grown[: table.numel()] = table.to(device)
+            table = self._slot_tables[rank] = grown
+        table[row_id] = slot
+
+    def has(self, name: str) -> bool:
+        return name in self.info
+
+    def is_noop(self, name: str) -> bool:
+        """True while the adapter cannot change outputs (B or A all zero)."""
+        return bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
+
+    def adapter_nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    # --- device moves -------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        # nn.Module._apply gives each parameter its own new tensor; re-pack so the
+        # parameters are views of the packs again, on the new device / dtype.
+        super()._apply(fn, recurse)
+        for pack in self.packs.values():
+            pack.rebuild_from(self._params())
+        for rank, table in self._slot_tables.items():
+            self._slot_tables[rank] = table.to(self.packs[rank].device)
+        return self
+
+    # --- forward --------------------------------------------------------------
+    def forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        routing = self.routing
+        if routing.disabled or not self.info:
+            return result
+        if routing.row_ids is not None:
+            return result + self._mixed_delta(x, routing.row_ids).to(result.dtype)
+        for name in routing.active:
+            if name in self.info and name not in self.merged:
+                result = result + self._delta(name, x).to(result.dtype)
+        return result
+
+    def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.lora_A[name], self.lora_B[name]
+        scale = self.info[name].scale
+        if self.kind == "embedding":
+            base = self.base
+            after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
+                                  base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
+            return (after_A @ B.T) * scale  # (..., out)
+        x = self.lora_dropout[name](x.to(A.dtype))
+        return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
+
+    def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+        """Each row with its own adapter: gather per-row factors, two batched matmuls.
+
+        The loop runs over distinct *ranks* at this module (usually one), never
+        over adapters.
+        """
+        rows = x.shape[0]
+        delta = None
+        for rank, pack in self.packs.items():
+            table = self._slot_tables[rank]
+            if table.numel() <= int(row_ids.max()):
+                self._set_slot(rank, int(row_ids.max()), 0)
+                table = self._slot_tables[rank]
+            slots = table.index_select(0, row_ids)  # (rows,)
+            scale = pack.scale.index_select(0, slots)  # (rows,)
+            B = pack.B.index_select(0, slots)  # (rows, out, r)
+            if self.kind == "embedding":
+                # A: (cap, r, V); pick column x[b, t] of row b's A -> (rows, T, r)
+                after_A = pack.A.transpose(1, 2)[slots.view(-1, *([1] * (x.dim() - 1))), x]
+                part = torch.bmm(after_A.reshape(rows, -1, rank) * scale.view(-1, 1, 1),
+                                 B.transpose(1, 2))  # (rows, T, out)
+            else:
+                A = pack.A.index_select(0, slots)  # (rows, r, in)
+                xs = x.reshape(rows, -1, self.in_features).to(A.dtype)  # (rows, T, in)
+                h = torch.bmm(xs, A.transpose(1, 2)) * scale.view(-1, 1, 1)  # (rows, T, r)
+                part = torch.bmm(h, B.transpose(1, 2))  # (rows, T, out)
+            delta = part if delta is None else delta + part
+        return delta.reshape(*x.shape[: (x.dim() if self.kind == "embedding" else x.dim() - 1)],
+                             self.out_features)
+
+    # --- merge ------------------------------------------------------------------
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """s · B A laid out like the base weight."""
+        A, B = self.lora_A[name].detach(), self.lora_B[name].detach()
+        delta = (B @ A) * self.info[name].scale  # (out, r) @ (r, in) -> (out, in)
+        return delta if self.kind == "linear" else delta.T  # Conv1D: (in, out); Embedding: (V, dim)
+
+    def _pending(self, names: list[str]) -> list[str]:
+        return [n for n in names if n in self.info and n not in self.merged]
+
+    @torch.no_grad()
+    def merge_is_finite(self, names: list[str]) -> bool:
+        """Would merging `names` leave the base weight free of NaN and inf?"""
+        todo = self._pending(names)
+        if not todo:
+            return True
+        weight = self.base.weight
+        merged = weight + sum(self.delta_weight(n) for n in todo).to(weight.dtype)
+        return bool(torch.isfinite(merged).all())
+
+    @torch.no_grad()
+    def merge(self, names: list[str]) -> list[str]:
+        """Fold adapters into the base weight. Returns the names merged now."""
+        todo = self._pending(names)
+        weight = self.base.weight
+        for name in todo:
+            weight.add_(self.delta_weight(name).to(weight.dtype))
+            self.merged.append(name)
+        return todo
+
+    @torch.no_grad()
+    def unmerge(self, names: list[str] | None = None) -> None:
+        names = list(self.merged) if names is None else [n for n in names if n in self.merged]
+        weight = self.base.weight
+        for name in reversed(names):
+            weight.sub_(self.delta_weight(name).to(weight.dtype))
+            self.merged.remove(name)
+
+    def extra_repr(self) -> str:
+        ranks = {n: i.rank for n, i in self.info.items()}
+        return f"kind={self.kind}, adapters={ranks}, merged={self.merged}"

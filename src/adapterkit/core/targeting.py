@@ -1,0 +1,162 @@
+"""Which modules of a model a LoraConfig targets.
+
+Rules (PEFT's, without its substring surprises):
+- a list matches a module whose dotted name equals an entry or ends in "." + entry;
+- a string is a regular expression that must match the whole dotted name;
+- "all-linear" means every Linear / Conv1D except the output head;
+- `exclude_modules` follows the same two rules and wins over targets;
+- `layers_to_transform` keeps only modules under the given layer indices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from adapterkit.core.config import LoraConfig
+from adapterkit.errors import TargetModulesError
+
+ALL_LINEAR = "all-linear"
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """'linear', 'conv1d' or 'embedding' for modules LoRA can adapt, else None.
+
+    transformers' Conv1D (GPT-2) is recognised by name and shape attributes so
+    that this module never imports transformers.
+    """
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight"):
+        return "conv1d"
+    return None
+
+
+def _matches_name(pattern: list[str] | str, name: str) -> str | None:
+    """The entry of `pattern` that matches `name`, or None."""
+    if isinstance(pattern, str):
+        return pattern if re.fullmatch(pattern, name) else None
+    for entry in pattern:
+        if name == entry or name.endswith("." + entry):
+            return entry
+    return None
+
+
+def _layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+        match = None
+        for pattern in patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match:
+                break
+    return int(match.group("idx")) if match else None
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None:
+        return {name for name, _ in model.named_modules() if name.split(".")[-1] in ("lm_head", "score")}
+    return {name for name, module in model.named_modules() if module is head}
+
+
+def is_saved_module(name: str, modules_to_save: list[str]) -> bool:
+    return any(name == m or name.endswith("." + m) for m in modules_to_save)
+
+
+@dataclass(frozen=True)
+class TargetedModule:
+    name: str
+    module: nn.Module
+    kind: str
+
+
+def find_targets(model: nn.Module, config: LoraConfig) -> list[TargetedModule]:
+    """Every module the config adapts, in model order. Raises TargetModulesError
+    when nothing matches, or when some list entries match nothing."""
+    target = config.target_modules
+    if target is None:
+        raise TargetModulesError(
+            "LoraConfig.target_modules is not set. Name the modules to adapt, for example "
+            "target_modules=['q_proj', 'v_proj'], or use 'all-linear'."
+        )
+    head_names = _output_head_names(model) if target == ALL_LINEAR else set()
+    saved = config.head_modules_to_save()
+    found: list[TargetedModule] = []
+    used_entries: set[str] = set()
+    inside_saved = _names_inside_saved_wrappers(model)
+    for name, module in model.named_modules():
+        kind = module_kind(module)
+        if not name or kind is None or name in inside_saved:
+            continue
+        if config.exclude_modules and _matches_name(config.exclude_modules, name):
+            continue
+        if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
+            continue
+        if target == ALL_LINEAR:
+            if kind == "embedding" or name in head_names:
+                continue
+            entry = ALL_LINEAR
+        else:
+            entry = _matches_name(target, name)
+            if entry is None:
+                continue
+        if config.layers_to_transform is not None and not isinstance(target, str):
+            if _layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+                used_entries.add(entry)
+                continue
+        used_entries.add(entry)
+        found.append(TargetedModule(name, module, kind))
+    _check_coverage(model, config, found, used_entries)
+    return found
+
+
+def _names_inside_saved_wrappers(model: nn.Module) -> set[str]:
+    """Modules held by a ModulesToSave (trained in full): never LoRA targets."""
+    inside: set[str] = set()
+    for name, module in model.named_modules():
+        if type(module).__name__ == "ModulesToSave":
+            inside.update(f"{name}.{sub}" for sub, _ in module.named_modules() if sub)
+    return inside
+
+
+def _check_coverage(model, config, found, used_entries) -> None:
+    target = config.target_modules
+    if not found:
+        raise TargetModulesError(
+            f"target_modules={target!r} matched no adaptable module (Linear, Conv1D, Embedding) "
+            f"in {type(model).__name__}. Closest module names: {_closest(model, target)}."
+        )
+    if isinstance(target, list):
+        unused = [entry for entry in target if entry not in used_entries]
+        if unused:
+            raise TargetModulesError(
+                f"target_modules entries {unused} matched no adaptable module, while "
+                f"{sorted(used_entries)} did. Fix or drop them. Closest module names: {_closest(model, unused)}."
+            )
+
+
+def _closest(model: nn.Module, target) -> str:
+    wanted = [target] if isinstance(target, str) else list(target)
+    candidates: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if name:
+            candidates.setdefault(name.split(".")[-1], type(module).__name__)
+            candidates.setdefault(name, type(module).__name__)
+    picks: list[str] = []
+    for entry in wanted:
+        for match in difflib.get_close_matches(entry, list(candidates), n=3, cutoff=0.4):
+            if match not in picks:
+                picks.append(match)
+    if not picks:
+        picks = [n for n, m in model.named_modules() if module_kind(m)][:5]
+        return ", ".join(f"{n} ({type(dict(model.named_modules())[n]).__name__})" for n in picks) or "none"
+    return ", ".join(f"{p} ({candidates[p]})" for p in picks[:6])

@@ -1,0 +1,180 @@
+"""Read and write PEFT adapter folders, atomically and with actionable errors.
+
+A folder holds `adapter_config.json` and `adapter_model.safetensors` (metadata
+{"format": "pt"}, plus adapterkit's base fingerprint, which PEFT ignores).
+Writes go to a temporary folder beside the target and are renamed into place,
+so a crash mid-save never leaves a folder that loads half an adapter. Legacy
+`adapter_model.bin` files are read with `torch.load(weights_only=True)`: a
+pickle from an untrusted source can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from adapterkit.core.config import CONFIG_NAME, LoraConfig
+from adapterkit.errors import (
+    AdapterConfigNotFoundError,
+    AdapterFolderNotFoundError,
+    AdapterWeightsNotFoundError,
+    CorruptAdapterFileError,
+)
+
+SAFETENSORS_NAME = "adapter_model.safetensors"
+LEGACY_BIN_NAME = "adapter_model.bin"
+
+
+@dataclass
+class AdapterFiles:
+    """One adapter as read from disk, before it touches any model."""
+
+    folder: Path
+    config: LoraConfig
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    weights_path: Path | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_one(folder: Path, config: LoraConfig, tensors: dict[str, torch.Tensor],
+               metadata: dict[str, str], safe_serialization: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as handle:
+        handle.write(config.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    # Views of packed storage would be saved whole; give safetensors compact copies.
+    compact = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    if safe_serialization:
+        weights = folder / SAFETENSORS_NAME
+        save_file(compact, str(weights), metadata={"format": "pt", **metadata})
+    else:  # PEFT's legacy format, for tools that still want it
+        weights = folder / LEGACY_BIN_NAME
+        torch.save(compact, str(weights))
+    with open(weights, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_adapter_folder(target: str | os.PathLike, adapters: dict[str, tuple[LoraConfig, dict, dict]],
+                         root_name: str = "default", safe_serialization: bool = True) -> Path:
+    """Write adapters as PEFT does: `root_name` at the root, the others in sub-folders.
+
+    `adapters`: name -> (config, tensors keyed as on disk, extra safetensors metadata).
+    The target appears complete or not at all; an existing target is replaced.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        for name, (config, tensors, metadata) in adapters.items():
+            _write_one(staging if name == root_name else staging / name, config, tensors, metadata,
+                       safe_serialization)
+        _fsync_dir(staging)
+        if target.exists():
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+        _fsync_dir(target.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names) if names else "nothing"
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise CorruptAdapterFileError(
+            f"{path} is not a readable safetensors file ({exc}). It is truncated or corrupt: "
+            "save or download the adapter again."
+        ) from exc
+    return tensors, metadata
+
+
+def read_legacy_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CorruptAdapterFileError(
+            f"{path} could not be read as a tensors-only PyTorch file ({exc}). It is corrupt, or it "
+            "holds objects other than tensors, which adapterkit refuses to unpickle. "
+            "Convert it with PEFT in a trusted environment, or re-save the adapter."
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptAdapterFileError(f"{path} does not hold a mapping of names to tensors.")
+    return state
+
+
+def find_weights(folder: Path) -> Path:
+    for name in (SAFETENSORS_NAME, LEGACY_BIN_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    raise AdapterWeightsNotFoundError(
+        f"{folder} holds no {SAFETENSORS_NAME} (nor legacy {LEGACY_BIN_NAME}); it holds: "
+        f"{_listing(folder)}. Point to the folder that save_pretrained wrote."
+    )
+
+
+def read_adapter_folder(folder: str | os.PathLike) -> AdapterFiles:
+    folder = Path(folder)
+    if not folder.exists():
+        raise AdapterFolderNotFoundError(
+            f"Adapter folder {folder} does not exist. Check the path (adapterkit reads local "
+            "folders; download hub adapters first)."
+        )
+    if not folder.is_dir():
+        raise AdapterFolderNotFoundError(f"{folder} is a file, not an adapter folder. Pass the folder that holds {CONFIG_NAME}.")
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise AdapterConfigNotFoundError(
+            f"{folder} holds no {CONFIG_NAME}; it holds: {_listing(folder)}. "
+            "Pass the folder that save_pretrained wrote (a named adapter lives in a sub-folder)."
+        )
+    config = LoraConfig.from_json_file(str(config_path))
+    weights = find_weights(folder)
+    if weights.suffix == ".safetensors":
+        tensors, metadata = read_safetensors(weights)
+    else:
+        tensors, metadata = read_legacy_bin(weights), {}
+    return AdapterFiles(folder, config, tensors, metadata, weights)
+
+
+def adapter_subfolders(folder: str | os.PathLike) -> list[str]:
+    """Names of the additional adapters saved in sub-folders of `folder`."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+
+
+def read_config_json(folder: Path) -> dict:
+    with open(folder / CONFIG_NAME, encoding="utf-8") as handle:
+        return json.load(handle)

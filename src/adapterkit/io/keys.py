@@ -1,0 +1,74 @@
+"""The one mapping between adapterkit's in-memory names and PEFT's on-disk keys.
+
+In memory (names relative to the user's model):
+    <path>.lora.lora_A.<adapter>                 the A factor of a LoRA'd module
+    <path>.lora.lora_B.<adapter>                 the B factor
+    <path>.modules_to_save.<adapter>.<param>     a module trained in full
+    <path>.bias                                  a bias trained with bias="all"/"lora_only"
+On disk (PEFT 0.21.2, adapter name stripped; vLLM reads the same):
+    base_model.model.<path>.lora_A.weight        (.lora_embedding_A for embeddings)
+    base_model.model.<path>.lora_B.weight        (.lora_embedding_B)
+    base_model.model.<path>.<param>
+    base_model.model.<path>.base_layer.bias      (a LoRA'd module: PEFT wraps it)
+    base_model.model.<path>.bias                 (any other module)
+
+Both directions are pure functions over this data; save and load both use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "base_model.model."
+
+# factor -> on-disk suffix, per module kind
+FACTOR_SUFFIX = {
+    "linear": {"A": "lora_A.weight", "B": "lora_B.weight"},
+    "conv1d": {"A": "lora_A.weight", "B": "lora_B.weight"},
+    "embedding": {"A": "lora_embedding_A", "B": "lora_embedding_B"},
+}
+SUFFIX_FACTOR = {suffix: factor for table in FACTOR_SUFFIX.values() for factor, suffix in table.items()}
+WRAPPED_BIAS = "base_layer.bias"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What one on-disk tensor is, in memory terms."""
+
+    role: str  # "A", "B", "saved" (a modules_to_save parameter) or "bias"
+    module: str  # the module's path in the user's model
+    param: str = ""  # for "saved": the parameter name inside the module
+
+
+def factor_key(module: str, kind: str, factor: str) -> str:
+    return f"{PREFIX}{module}.{FACTOR_SUFFIX[kind][factor]}"
+
+
+def saved_key(module: str, param: str) -> str:
+    return f"{PREFIX}{module}.{param}"
+
+
+def bias_key(module: str, lora_wrapped: bool) -> str:
+    return f"{PREFIX}{module}.{WRAPPED_BIAS if lora_wrapped else 'bias'}"
+
+
+def parse_key(key: str, saved_modules: set[str]) -> Slot | None:
+    """The in-memory meaning of an on-disk key, or None if it has none.
+
+    `saved_modules` are the module paths trained in full (modules_to_save):
+    their keys are `<module>.<param>` and need them to be told apart from biases.
+    """
+    if not key.startswith(PREFIX):
+        return None
+    rest = key[len(PREFIX):]
+    for suffix, factor in SUFFIX_FACTOR.items():
+        if rest.endswith("." + suffix):
+            return Slot(factor, rest[: -len(suffix) - 1])
+    for module in saved_modules:
+        if rest.startswith(module + "."):
+            return Slot("saved", module, rest[len(module) + 1:])
+    if rest.endswith("." + WRAPPED_BIAS):
+        return Slot("bias", rest[: -len(WRAPPED_BIAS) - 1])
+    if rest.endswith(".bias"):
+        return Slot("bias", rest[: -len(".bias")])
+    return None

@@ -1,0 +1,419 @@
+"""AdapterModel: a user's model with named LoRA adapters (PEFT's PeftModel, ported).
+
+The wrapped model keeps its classes and keys; adapters hang off the targeted
+modules (see core.injection). Which adapters run is held in one place, the
+AdapterRouting shared by every adapted module, so switching is one assignment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adapterkit.core.config import LoraConfig
+from adapterkit.core.injection import (
+    ModulesToSave,
+    attach,
+    detach,
+    lora_modules,
+    swap_in_modules_to_save,
+    swap_out_modules_to_save,
+)
+from adapterkit.core.layer import AdapterRouting
+from adapterkit.core.targeting import find_targets
+from adapterkit.errors import (
+    AdapterExistsError,
+    AdapterStateError,
+    BaseModelMismatchError,
+    NaNInMergeError,
+    UnknownAdapterError,
+)
+from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
+from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
+from adapterkit.model.loading import LoadPlan, plan_load, resolve_saved_modules
+from adapterkit.model.mixed import mixed_rows
+from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
+
+
+class ActiveAdapters(list):
+    """The active adapter names. PEFT exposes this as an attribute on some classes and a
+    method on others; ported code uses both, so it is a list that can also be called."""
+
+    def __call__(self) -> "ActiveAdapters":
+        return self
+
+
+class AdapterModel(nn.Module):
+    def __init__(self, model: nn.Module, config: LoraConfig | None = None, adapter_name: str = "default") -> None:
+        super().__init__()
+        if lora_modules(model):
+            raise AdapterStateError(
+                f"{type(model).__name__} already carries LoRA adapters. Wrap the plain base model, "
+                "or use add_adapter / load_adapter on the existing AdapterModel."
+            )
+        self.model = model
+        self.routing = AdapterRouting()
+        self.peft_config: dict[str, LoraConfig] = {}
+        self._trainable: dict[str, bool] = {}
+        # Fingerprinted before any adapter or merge can change the weights.
+        self.base_fingerprint: BaseFingerprint = base_fingerprint(model)
+        if config is not None:
+            self.add_adapter(adapter_name, config)
+
+    # --- passthrough ------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["model"], name)
+
+    @property
+    def base_model(self) -> "AdapterModel":
+        """PEFT code reaches the user's model as `peft_model.base_model.model`; so can ported code."""
+        return self
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        with self._rows(adapter_names, args, kwargs):
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        if adapter_names is not None:
+            # generate() repeats each input row per beam (or per returned sequence).
+            beams = int(kwargs.get("num_beams") or 1)
+            repeat = beams if beams > 1 else int(kwargs.get("num_return_sequences") or 1)
+            adapter_names = [name for name in adapter_names for _ in range(repeat)]
+            rows = _batch_size(args, kwargs)
+            if rows is not None:
+                rows *= repeat
+        else:
+            rows = None
+        with self._rows(adapter_names, args, kwargs, rows=rows):
+            return self.model.generate(*args, **kwargs)
+
+    def _rows(self, adapter_names, args, kwargs, rows: int | None = None):
+        if adapter_names is None:
+            return contextlib.nullcontext()
+        return mixed_rows(self, adapter_names, rows if rows is not None else _batch_size(args, kwargs))
+
+    # --- adapters -------------------------------------------------------------------
+    @property
+    def active_adapters(self) -> ActiveAdapters:
+        return ActiveAdapters(self.routing.active)
+
+    @property
+    def active_adapter(self) -> str | list[str] | None:
+        active = self.routing.active
+        if not active:
+            return None
+        return active[0] if len(active) == 1 else list(active)
+
+    def _check_known(self, names) -> list[str]:
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise UnknownAdapterError(
+                f"No adapter named {unknown} is loaded; loaded adapters: {sorted(self.peft_config)}. "
+                "Load it first with load_adapter(path, adapter_name=...)."
+            )
+        return names
+
+    def add_adapter(self, adapter_name: str, peft_config: LoraConfig, trainable: bool = True,
+                    _activate: bool | None = None) -> None:
+        """Attach a new adapter, initialised as `peft_config.init_lora_weights` says."""
+        if adapter_name in self.peft_config:
+            raise AdapterExistsError(
+                f"An adapter named {adapter_name!r} is already loaded. Pick another name, or "
+                f"delete_adapter({adapter_name!r}) first."
+            )
+        _check_name(adapter_name)
+        peft_config.check_supported()
+        targets = find_targets(self.model, peft_config)  # raises before anything changes
+        saved = resolve_saved_modules(self.model, peft_config)
+        if peft_config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
+            peft_config.modules_to_save = peft_config.head_modules_to_save()
+        for target in targets:
+            lora = attach(target.module, target.kind, self.routing)
+            lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
+                     peft_config.lora_dropout, peft_config.use_rslora, peft_config.init_lora_weights, trainable)
+        for path in saved:
+            swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable)
+        self.peft_config[adapter_name] = peft_config
+        self._trainable[adapter_name] = trainable
+        self._freeze_base()
+        if trainable:
+            for module in bias_modules(self.model, peft_config, adapter_name).values():
+                module.bias.requires_grad_(True)
+        if _activate or (_activate is None and not self.routing.active):
+            self.routing.active = (adapter_name,)
+
+    def _freeze_base(self) -> None:
+        for name, param in self.model.named_parameters():
+            if ".lora." not in f".{name}" and ".modules_to_save." not in f".{name}":
+                param.requires_grad_(False)
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        names = self._check_known(adapter_name)
+        self.routing.active = tuple(names)
+
+    set_active_adapters = set_adapter  # the name transformers' integration uses
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._check_known(adapter_name)
+        for path, lora in lora_modules(self.model).items():
+            if lora.has(adapter_name):
+                lora.remove(adapter_name)
+                if not lora.info:
+                    detach(lora.base)
+        for path, wrapper in saved_wrappers(self.model).items():
+            if adapter_name in wrapper.modules_to_save:
+                wrapper.remove(adapter_name)
+                if not len(wrapper.modules_to_save):
+                    swap_out_modules_to_save(self.model, path)
+        del self.peft_config[adapter_name]
+        self._trainable.pop(adapter_name, None)
+        remaining = tuple(n for n in self.routing.active if n != adapter_name)
+        if not remaining and self.peft_config:
+            remaining = (next(iter(self.peft_config)),)
+        self.routing.active = remaining
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the base model alone inside the block (merged adapters are unmerged for it)."""
+        merged = self._merged_names()
+        if merged:
+            self.unmerge_adapter()
+        previous = self.routing.disabled
+        self.routing.disabled = True
+        try:
+            yield
+        finally:
+            self.routing.disabled = previous
+            if merged:
+                self.merge_adapter(merged)
+
+    def disable_adapters(self) -> None:
+        self.routing.disabled = True
+
+    def enable_adapters(self) -> None:
+        self.routing.disabled = False
+
+    # --- saving -----------------------------------------------------------------------
+    def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+        """The adapter's tensors keyed as in PEFT's adapter_model.safetensors."""
+        self._check_known(adapter_name)
+        return adapter_tensors(self.model, self.peft_config[adapter_name], adapter_name)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, selected_adapters: list[str] | None = None,
+                        safe_serialization: bool = True, **_ignored) -> Path:
+        """Write every adapter (or `selected_adapters`) in PEFT's layout, atomically:
+        'default' at the root, the others in sub-folders named after them."""
+        names = self._check_known(selected_adapters) if selected_adapters is not None else list(self.peft_config)
+        if not names:
+            raise UnknownAdapterError("This model has no adapter to save; add or load one first.")
+        payload = {}
+        metadata = self.base_fingerprint.to_metadata()
+        for name in names:
+            config = LoraConfig.from_dict(self.peft_config[name].to_dict())
+            config.inference_mode = True
+            if not config.base_model_name_or_path:
+                config.base_model_name_or_path = self.base_fingerprint.name or None
+            payload[name] = (config, self.adapter_state_dict(name), metadata)
+        return write_adapter_folder(save_directory, payload, root_name="default",
+                                    safe_serialization=safe_serialization)
+
+    # --- loading ----------------------------------------------------------------------
+    def load_adapter(self, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False,
+                     overwrite: bool = False, strict_base: bool = False, **_ignored) -> None:
+        """Load a PEFT adapter folder under `adapter_name`. Every key and shape is checked
+        before the model is touched: on any error the model is exactly as before."""
+        _check_name(adapter_name)
+        files = read_adapter_folder(model_id)
+        config = files.config
+        config.check_supported()
+        recorded = BaseFingerprint.from_metadata(files.metadata)
+        self._check_base(recorded, files.weights_path, strict_base)
+        if adapter_name in self.peft_config and not overwrite and not self._is_noop(adapter_name):
+            raise AdapterExistsError(
+                f"An adapter named {adapter_name!r} is already loaded and holds trained weights. "
+                f"Load under another name (adapter_name=...), or pass overwrite=True to replace it."
+            )
+        # Plan against the model without the adapter being replaced (its modules_to_save
+        # wrappers included), so a same-name reload sees the same layout a fresh load would.
+        plan = self._plan_without(adapter_name, config, files)
+        was_active = adapter_name in self.routing.active
+        if adapter_name in self.peft_config:
+            self.delete_adapter(adapter_name)
+        config.inference_mode = not is_trainable
+        self.add_adapter(adapter_name, config, trainable=is_trainable,
+                         _activate=True if was_active else None)
+        self._fill(adapter_name, plan)
+
+    def _plan_without(self, adapter_name: str, config: LoraConfig, files) -> LoadPlan:
+        source = str(files.weights_path)
+        return plan_load(self.model, config, files.tensors, source, BaseFingerprint.from_metadata(files.metadata))
+
+    def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
+        if recorded is None or recorded.digest == self.base_fingerprint.digest:
+            return
+        message = (
+            f"{path} was trained on base {recorded.describe()}, but this model is "
+            f"{self.base_fingerprint.describe()}. Shapes may fit while outputs are wrong: load it onto "
+            "the base it was trained on."
+        )
+        if strict:
+            raise BaseModelMismatchError(message + " (strict_base=True)")
+        warnings.warn(message + " Pass strict_base=True to make this an error.", stacklevel=3)
+
+    def _is_noop(self, adapter_name: str) -> bool:
+        loras = [l for l in lora_modules(self.model).values() if l.has(adapter_name)]
+        return all(l.is_noop(adapter_name) for l in loras) and not any(
+            adapter_name in w.modules_to_save for w in saved_wrappers(self.model).values())
+
+    @torch.no_grad()
+    def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
+        loras = lora_modules(self.model)
+        for path, factors in plan.factors.items():
+            lora = loras[path]
+            lora.lora_A[adapter_name].copy_(factors["A"])
+            lora.lora_B[adapter_name].copy_(factors["B"])
+        for path, params in plan.saved.items():
+            self.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
+        for path, bias in plan.biases.items():
+            self.model.get_submodule(path).bias.copy_(bias)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",
+                        is_trainable: bool = False, strict_base: bool = False, **kwargs) -> "AdapterModel":
+        wrapped = cls(model)
+        wrapped.load_adapter(model_id, adapter_name, is_trainable=is_trainable, strict_base=strict_base)
+        wrapped.set_adapter(adapter_name)
+        return wrapped
+
+    # --- merging ----------------------------------------------------------------------
+    def _merged_names(self) -> list[str]:
+        merged: list[str] = []
+        for lora in lora_modules(self.model).values():
+            merged.extend(n for n in lora.merged if n not in merged)
+        return merged
+
+    def _check_ties(self, names: list[str], untie_weights: bool) -> None:
+        """A merge writes into the base weight; if that weight is shared (a tied lm_head),
+        the other module would change too. Untie on request, else refuse."""
+        owners: dict[int, list[str]] = {}
+        for name, module in self.model.named_modules(remove_duplicate=False):
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and not isinstance(module, ModulesToSave):
+                owners.setdefault(id(weight), []).append(name)
+        for path, lora in lora_modules(self.model).items():
+            if not any(lora.has(n) and n not in lora.merged for n in names):
+                continue
+            sharing = [n for n in owners.get(id(lora.base.weight), []) if n != path]
+            if not sharing:
+                continue
+            if not untie_weights:
+                raise AdapterStateError(
+                    f"{path}.weight is tied to {sharing[0]}.weight; merging would silently change "
+                    f"{sharing[0]} too. Pass untie_weights=True to give {path} its own copy of the weight "
+                    "(the model then stores both), or keep the adapter unmerged."
+                )
+            lora.base.weight = nn.Parameter(lora.base.weight.detach().clone(), requires_grad=False)
+            config = getattr(self.model, "config", None)
+            if config is not None and hasattr(config, "tie_word_embeddings"):
+                config.tie_word_embeddings = False
+            warnings.warn(f"Untied {path}.weight from {sharing[0]}.weight to merge into it.", stacklevel=3)
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False,
+                      untie_weights: bool = False) -> None:
+        """Fold adapters (default: the active ones) into the base weights. Idempotent."""
+        names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
+        self._check_ties(names, untie_weights)
+        loras = lora_modules(self.model)
+        if safe_merge:
+            bad = [path for path, lora in loras.items() if not lora.merge_is_finite(names)]
+            if bad:
+                raise NaNInMergeError(
+                    f"Merging {names} would put NaN or inf into {bad[:3]}; nothing was merged. "
+                    "The adapter weights are broken (diverged training?): check them, or retrain."
+                )
+        for lora in loras.values():
+            lora.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        for lora in lora_modules(self.model).values():
+            lora.unmerge()
+
+    @property
+    def merged_adapters(self) -> list[str]:
+        return self._merged_names()
+
+    def _unload(self, keep: str | None) -> nn.Module:
+        for lora in list(lora_modules(self.model).values()):
+            detach(lora.base)
+        for path in list(saved_wrappers(self.model)):
+            swap_out_modules_to_save(self.model, path, keep=keep)
+        self.peft_config.clear()
+        self.routing.active = ()
+        return self.model
+
+    def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None,
+                         untie_weights: bool = False, **_ignored) -> nn.Module:
+        """Merge (default: the active adapters) and return the plain model, no adapter modules left."""
+        names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
+        self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
+        keep = next((n for n in names if any(n in w.modules_to_save for w in saved_wrappers(self.model).values())), None)
+        return self._unload(keep)
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter and return the original base model (merged adapters are unmerged)."""
+        self.unmerge_adapter()
+        return self._unload(None)
+
+    # --- accounting -----------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = total = 0
+        for param in self.model.parameters():
+            total += param.numel()
+            if param.requires_grad:
+                trainable += param.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> str:
+        """Print PEFT's line, and return it too (PEFT returns None, which ported code prints)."""
+        trainable, total = self.get_nb_trainable_parameters()
+        line = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        print(line)
+        return line
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "." in name or "/" in name or name == "__base__":
+        raise ValueError(
+            f"Adapter name {name!r} is not usable: it must be a non-empty string without '.' or '/', "
+            "and '__base__' is reserved for base rows in mixed batches."
+        )
+
+
+def _batch_size(args, kwargs) -> int | None:
+    for key in ("input_ids", "inputs_embeds"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0].shape[0]
+    return None
+
+
+PeftModel = AdapterModel
+
+
+def get_peft_model(model: nn.Module, peft_config: LoraConfig, adapter_name: str = "default", **_ignored) -> AdapterModel:
+    """Wrap `model` and attach a fresh adapter, as PEFT's get_peft_model does."""
+    return AdapterModel(model, peft_config, adapter_name)

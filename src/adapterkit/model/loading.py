@@ -1,0 +1,144 @@
+"""Validate an adapter's tensors against a model before anything is changed.
+
+`plan_load` reads nothing from the model but names and shapes; it raises on the
+first problem it can describe fully (all unexpected keys, all missing keys, all
+shape mismatches at once), so a failed load leaves the model exactly as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from adapterkit.core.config import LoraConfig
+from adapterkit.core.injection import ModulesToSave, lora_modules
+from adapterkit.core.targeting import TargetedModule, find_targets
+from adapterkit.errors import AdapterKeyMismatchError, AdapterShapeMismatchError, TargetModulesError
+from adapterkit.io import keys
+from adapterkit.io.fingerprint import BaseFingerprint
+
+
+@dataclass
+class LoadPlan:
+    targets: list[TargetedModule]
+    saved_modules: list[str]
+    # on-disk key -> (slot, tensor), every one checked
+    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"}
+    saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
+
+
+def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Paths of the modules trained in full for this config (modules_to_save)."""
+    wanted = config.modules_to_save or []
+    auto_heads = [h for h in config.head_modules_to_save() if h not in wanted]
+    found: list[str] = []
+    unmatched: list[str] = []
+    for entry in list(wanted) + auto_heads:
+        hits = [
+            name for name, module in model.named_modules()
+            if name and (name == entry or name.endswith("." + entry))
+            and ".modules_to_save." not in name and not name.endswith(".original_module")
+            and ".original_module." not in name
+        ]
+        found.extend(h for h in hits if h not in found)
+        if not hits and entry in wanted:
+            unmatched.append(entry)
+    if unmatched:
+        raise TargetModulesError(
+            f"modules_to_save entries {unmatched} match no module of {type(model).__name__}; fix or drop them."
+        )
+    return found
+
+
+def _original(model: nn.Module, path: str) -> nn.Module:
+    module = model.get_submodule(path)
+    return module.original_module if isinstance(module, ModulesToSave) else module
+
+
+def _expected(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
+              saved_modules: list[str]) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
+    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]] = {}
+    existing_loras = lora_modules(model)
+    for target in targets:
+        rank = config.rank_for(target.name)
+        weight = target.module.weight
+        if target.kind == "linear":
+            in_f, out_f = weight.shape[1], weight.shape[0]
+        else:
+            in_f, out_f = weight.shape[0], weight.shape[1]
+        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.Slot("A", target.name), (rank, in_f))
+        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.Slot("B", target.name), (out_f, rank))
+    for path in saved_modules:
+        for param, tensor in _original(model, path).state_dict().items():
+            expected[keys.saved_key(path, param)] = (keys.Slot("saved", path, param), tuple(tensor.shape))
+    if config.bias != "none":
+        target_names = {t.name for t in targets}
+        if config.bias == "lora_only":
+            candidates = {t.name: t.module for t in targets}
+        else:
+            inside = {n for n, m in model.named_modules() if ".modules_to_save." in n or ".original_module" in n}
+            candidates = {n: m for n, m in model.named_modules()
+                          if n not in inside and n not in saved_modules and not isinstance(m, ModulesToSave)}
+        for path, module in candidates.items():
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                wrapped = path in target_names or path in existing_loras
+                expected[keys.bias_key(path, wrapped)] = (keys.Slot("bias", path), tuple(bias.shape))
+    return expected
+
+
+def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
+              recorded_base: BaseFingerprint | None = None) -> LoadPlan:
+    targets = find_targets(model, config)
+    saved_modules = resolve_saved_modules(model, config)
+    expected = _expected(model, config, targets, saved_modules)
+    base_note = _base_note(config, recorded_base)
+
+    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(tensors))
+    if unexpected or missing:
+        parts = []
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        raise AdapterKeyMismatchError(
+            f"{source} does not fit {type(model).__name__} with its own config: {'; '.join(parts)}. "
+            f"The adapter was probably trained on another architecture{base_note}; load it onto that base, "
+            "or check target_modules in adapter_config.json."
+        )
+    mismatched = [
+        f"{slot.module} ({slot.role}{'.' + slot.param if slot.param else ''}): expected {list(shape)}, "
+        f"found {list(tensors[key].shape)}"
+        for key, (slot, shape) in expected.items()
+        if tuple(tensors[key].shape) != shape
+    ]
+    if mismatched:
+        more = f" (and {len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
+        raise AdapterShapeMismatchError(
+            f"{source} has tensors that do not fit this model: {'; '.join(mismatched[:5])}{more}. "
+            f"The adapter was trained for another base or rank{base_note}. Load it onto the base it "
+            "was trained on, or fix r / rank_pattern in adapter_config.json."
+        )
+    plan = LoadPlan(targets, saved_modules)
+    for key, (slot, _) in expected.items():
+        tensor = tensors[key]
+        if slot.role in ("A", "B"):
+            plan.factors.setdefault(slot.module, {})[slot.role] = tensor
+        elif slot.role == "saved":
+            plan.saved.setdefault(slot.module, {})[slot.param] = tensor
+        else:
+            plan.biases[slot.module] = tensor
+    return plan
+
+
+def _base_note(config: LoraConfig, recorded: BaseFingerprint | None) -> str:
+    notes = []
+    if config.base_model_name_or_path:
+        notes.append(f"its config names base {config.base_model_name_or_path!r}")
+    if recorded is not None:
+        notes.append(f"its file records base {recorded.describe()}")
+    return f" ({'; '.join(notes)})" if notes else ""

@@ -1,0 +1,55 @@
+"""Mixed-adapter batches: one adapter name per row, "__base__" for none.
+
+The names become one tensor of row ids for the duration of the call; every
+adapted module gathers its per-row factors from it (core.layer._mixed_delta).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from adapterkit.errors import AdapterStateError, UnknownAdapterError
+
+BASE_ROW = "__base__"
+
+
+@contextlib.contextmanager
+def mixed_rows(model, adapter_names: list[str], rows: int | None):
+    if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):
+        raise TypeError(f"adapter_names must be a list with one adapter name per row, got {type(adapter_names).__name__}.")
+    if rows is not None and len(adapter_names) != rows:
+        raise ValueError(
+            f"adapter_names has {len(adapter_names)} names but the batch has {rows} rows; give one name per row "
+            f"({BASE_ROW!r} for rows that should use no adapter)."
+        )
+    known = model.peft_config
+    unknown = sorted({n for n in adapter_names if n != BASE_ROW and n not in known})
+    if unknown:
+        raise UnknownAdapterError(
+            f"adapter_names holds {unknown}, which are not loaded; loaded adapters: {sorted(known)}. "
+            f"Use {BASE_ROW!r} for base rows."
+        )
+    merged = model.merged_adapters
+    if merged:
+        raise AdapterStateError(
+            f"Adapters {merged} are merged into the base weights, so every row would get them. "
+            "Call unmerge_adapter() before a mixed-adapter batch."
+        )
+    if model.training:
+        raise AdapterStateError("Mixed-adapter batches are for inference; call model.eval() first.")
+    routing = model.routing
+    ids = [0 if n == BASE_ROW else routing.ids[n] for n in adapter_names]
+    device = _first_device(model)
+    routing.row_ids = torch.tensor(ids, dtype=torch.long, device=device)
+    try:
+        yield
+    finally:
+        routing.row_ids = None
+
+
+def _first_device(model) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")

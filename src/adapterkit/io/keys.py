@@ -11,6 +11,7 @@ On disk (PEFT 0.21.2, adapter name stripped; vLLM reads the same):
     base_model.model.<path>.<param>
     base_model.model.<path>.base_layer.bias      (a LoRA'd module: PEFT wraps it)
     base_model.model.<path>.bias                 (any other module)
+    base_model.model.<path>.base_layer.weight    (read only: PEFT's saved embedding layers)
 
 Both directions are pure functions over this data; save and load both use them.
 """
@@ -29,13 +30,16 @@ FACTOR_SUFFIX = {
 }
 SUFFIX_FACTOR = {suffix: factor for table in FACTOR_SUFFIX.values() for factor, suffix in table.items()}
 WRAPPED_BIAS = "base_layer.bias"
+# PEFT's save_embedding_layers="auto" also writes the full base weight of a LoRA'd
+# embedding / lm_head (for resized vocabularies): accepted on load, never written.
+WRAPPED_WEIGHT = "base_layer.weight"
 
 
 @dataclass(frozen=True)
 class Slot:
     """What one on-disk tensor is, in memory terms."""
 
-    role: str  # "A", "B", "saved" (a modules_to_save parameter) or "bias"
+    role: str  # "A", "B", "saved" (a modules_to_save parameter), "bias" or "base_weight"
     module: str  # the module's path in the user's model
     param: str = ""  # for "saved": the parameter name inside the module
 
@@ -67,6 +71,8 @@ def parse_key(key: str, saved_modules: set[str]) -> Slot | None:
     for module in saved_modules:
         if rest.startswith(module + "."):
             return Slot("saved", module, rest[len(module) + 1:])
+    if rest.endswith("." + WRAPPED_WEIGHT):
+        return Slot("base_weight", rest[: -len(WRAPPED_WEIGHT) - 1])
     if rest.endswith("." + WRAPPED_BIAS):
         return Slot("bias", rest[: -len(WRAPPED_BIAS) - 1])
     if rest.endswith(".bias"):

@@ -288,6 +288,13 @@ class AdapterModel(nn.Module):
             self.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
         for path, bias in plan.biases.items():
             self.model.get_submodule(path).bias.copy_(bias)
+        for path, weight in plan.base_weights.items():
+            current = self.model.get_submodule(path).weight
+            if not torch.equal(current, weight.to(current.dtype)):
+                warnings.warn(
+                    f"The adapter file carries a full weight for {path} (PEFT's save_embedding_layers) that "
+                    "differs from this base's; it replaces the base weight, as PEFT does.", stacklevel=3)
+                current.copy_(weight)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",

@@ -28,6 +28,7 @@ class LoadPlan:
     factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
+    base_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> full weight
 
 
 def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
@@ -97,6 +98,13 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
     expected = _expected(model, config, targets, saved_modules)
     base_note = _base_note(config, recorded_base)
 
+    # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
+    optional = {}
+    for target in targets:
+        key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
+        if key in tensors:
+            optional[key] = (keys.Slot("base_weight", target.name), tuple(target.module.weight.shape))
+    expected.update(optional)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     if unexpected or missing:
@@ -130,6 +138,8 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
             plan.factors.setdefault(slot.module, {})[slot.role] = tensor
         elif slot.role == "saved":
             plan.saved.setdefault(slot.module, {})[slot.param] = tensor
+        elif slot.role == "base_weight":
+            plan.base_weights[slot.module] = tensor
         else:
             plan.biases[slot.module] = tensor
     return plan

@@ -1,0 +1,45 @@
+"""Adapter store: content-addressed blobs + a SQLite index of names, versions and tags."""
+
+from adapterkit.store.blobs import BlobStore, LocalBlobStore
+from adapterkit.store.errors import (
+    AdapterNotInStoreError,
+    CorruptStoredFileError,
+    InvalidStoreRefError,
+    StoreError,
+)
+from adapterkit.store.index import SQLiteIndex, StoredFile, StoreIndex, VersionRecord
+from adapterkit.store.refs import parse_ref
+from adapterkit.store.store import (
+    AdapterStore,
+    BaseMismatchWarning,
+    CorruptFile,
+    DiskUsage,
+    GcReport,
+    VerifyReport,
+    default_store_root,
+)
+from adapterkit.store.summary import AdapterSummary, BaseRef, read_folder
+
+__all__ = [
+    "AdapterNotInStoreError",
+    "AdapterStore",
+    "AdapterSummary",
+    "BaseMismatchWarning",
+    "BaseRef",
+    "BlobStore",
+    "CorruptFile",
+    "CorruptStoredFileError",
+    "DiskUsage",
+    "GcReport",
+    "InvalidStoreRefError",
+    "LocalBlobStore",
+    "SQLiteIndex",
+    "StoreError",
+    "StoreIndex",
+    "StoredFile",
+    "VerifyReport",
+    "VersionRecord",
+    "default_store_root",
+    "parse_ref",
+    "read_folder",
+]

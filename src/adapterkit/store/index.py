@@ -1,0 +1,416 @@
+"""The store's index: names, immutable versions, tags, file manifests, leases.
+
+`StoreIndex` is the interface the store needs; `SQLiteIndex` meets it with the
+standard library's sqlite3 (WAL mode, one write transaction per operation,
+`BEGIN IMMEDIATE` + busy timeout so several processes can share a store). A
+server database can meet the same protocol.
+
+Leases make garbage collection safe against a concurrent `put`: a put leases
+the blobs it is about to write before writing them, and `collect` never
+deletes a leased blob. A lease dies when it expires or, on the same host, when
+the process that took it has exited (killed mid-put, say).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from adapterkit.store.errors import AdapterNotInStoreError, StoreError
+from adapterkit.store.summary import AdapterSummary, BaseRef
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    next_version INTEGER NOT NULL            -- never reused, so name@3 always means one content
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    method TEXT NOT NULL,
+    rank INTEGER,
+    alpha REAL,
+    targets TEXT NOT NULL,                   -- JSON
+    parameter_count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,                  -- weights files only
+    adapters TEXT NOT NULL,                  -- JSON list of adapter sub-folders ("" = root)
+    base_name TEXT,
+    base_fingerprint TEXT,
+    base_architecture TEXT,
+    metadata TEXT NOT NULL,                  -- JSON object
+    UNIQUE (name, version)
+);
+CREATE INDEX IF NOT EXISTS versions_base ON versions (base_fingerprint);
+CREATE INDEX IF NOT EXISTS versions_base_name ON versions (base_name);
+CREATE TABLE IF NOT EXISTS files (
+    version_id INTEGER NOT NULL REFERENCES versions (id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (version_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_blob ON files (blob);
+CREATE TABLE IF NOT EXISTS tags (
+    name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (name, tag)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    lease TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (lease, blob)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_blob ON leases (blob);
+CREATE TABLE IF NOT EXISTS bases (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    parameter_bytes INTEGER NOT NULL         -- what one full copy of the base takes
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # relative POSIX path inside the adapter folder
+    blob: str  # SHA-256 hex digest of the contents
+    size: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    name: str
+    version: int
+    created_at: float
+    summary: AdapterSummary
+    base: BaseRef | None
+    metadata: dict = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    id: int = 0  # the index's own key; meaningless outside it
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@runtime_checkable
+class StoreIndex(Protocol):
+    def begin_lease(self, blobs: Collection[str], ttl: float) -> str: ...
+
+    def release_lease(self, lease: str) -> None: ...
+
+    def add_version(
+        self,
+        name: str,
+        files: Iterable[StoredFile],
+        summary: AdapterSummary,
+        base: BaseRef | None,
+        metadata: Mapping,
+        lease: str | None = None,
+        created_at: float | None = None,
+    ) -> VersionRecord:
+        """Record a new version (the next number for `name`) and end `lease`, atomically."""
+        ...
+
+    def resolve(self, name: str, selector: int | str) -> VersionRecord:
+        """`selector`: a version number, "latest", or a tag. AdapterNotInStoreError if none."""
+        ...
+
+    def files(self, record: VersionRecord) -> list[StoredFile]: ...
+
+    def list_versions(
+        self, name: str | None = None, base: str | None = None, tag: str | None = None, latest_only: bool = False
+    ) -> list[VersionRecord]: ...
+
+    def remove(self, name: str, version: int | None = None) -> list[VersionRecord]: ...
+
+    def set_tag(self, name: str, tag: str, version: int) -> None: ...
+
+    def remove_tag(self, name: str, tag: str) -> bool: ...
+
+    def references(self) -> dict[str, list[tuple[str, str]]]:
+        """blob -> [(name@version, path)] for every stored file."""
+        ...
+
+    def collect(self, candidates: Iterable[str], delete: Callable[[str], None]) -> list[str]:
+        """Call `delete` on each candidate blob that is neither referenced nor leased, under the write lock."""
+        ...
+
+    def record_base(self, base: BaseRef, parameter_bytes: int) -> None: ...
+
+    def base_sizes(self) -> dict[str, int]: ...
+
+
+class SQLiteIndex:
+    """StoreIndex in one SQLite file. One connection per process (reopened after fork)."""
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float = 60.0, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.durable = durable
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found == 0:
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif found > _SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer adapterkit (index schema {found}); upgrade adapterkit"
+                )
+
+    # --- connection and transactions -------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # A connection must not cross fork(); the child opens its own.
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    # --- leases ------------------------------------------------------------
+    def begin_lease(self, blobs: Collection[str], ttl: float) -> str:
+        lease = uuid.uuid4().hex
+        expires = time.time() + ttl
+        host, pid = socket.gethostname(), os.getpid()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO leases (lease, blob, host, pid, expires_at) VALUES (?, ?, ?, ?, ?)",
+                [(lease, blob, host, pid, expires) for blob in blobs],
+            )
+        return lease
+
+    def release_lease(self, lease: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
+
+    # --- versions ------------------------------------------------------------
+    def add_version(self, name, files, summary, base, metadata, lease=None, created_at=None) -> VersionRecord:
+        files = list(files)
+        created = time.time() if created_at is None else created_at
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (name,))
+            (version,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (name,)).fetchone()
+            conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (version + 1, name))
+            cursor = conn.execute(
+                "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
+                " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, version, created, summary.method, summary.rank, summary.alpha,
+                    json.dumps(summary.targets), summary.parameter_count, summary.bytes,
+                    json.dumps(summary.adapters),
+                    base.name if base else None, base.fingerprint if base else None,
+                    base.architecture if base else None, json.dumps(dict(metadata), sort_keys=True),
+                ),
+            )
+            version_id = cursor.lastrowid
+            conn.executemany(
+                "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
+                [(version_id, f.path, f.blob, f.size) for f in files],
+            )
+            if lease is not None:
+                conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
+        return VersionRecord(name, version, created, summary, base, dict(metadata), (), version_id)
+
+    def resolve(self, name: str, selector: int | str) -> VersionRecord:
+        conn = self._connection()
+        if isinstance(selector, int):
+            rows = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, selector)).fetchall()
+            what = f"{name}@{selector}"
+        elif selector == "latest":
+            rows = conn.execute(_SELECT + " WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchall()
+            what = name
+        else:
+            rows = conn.execute(
+                _SELECT + " WHERE name = ? AND version = (SELECT version FROM tags WHERE name = ? AND tag = ?)",
+                (name, name, selector),
+            ).fetchall()
+            what = f"{name}@{selector}"
+        if not rows:
+            raise AdapterNotInStoreError(_not_found(conn, name, what))
+        return self._records(conn, rows)[0]
+
+    def files(self, record: VersionRecord) -> list[StoredFile]:
+        rows = self._connection().execute(
+            "SELECT path, blob, size FROM files WHERE version_id = ? ORDER BY path", (record.id,)
+        ).fetchall()
+        return [StoredFile(*row) for row in rows]
+
+    def list_versions(self, name=None, base=None, tag=None, latest_only=False) -> list[VersionRecord]:
+        clauses, params = [], []
+        if name:
+            clauses.append("name GLOB ?" if any(c in name for c in "*?[") else "name = ?")
+            params.append(name)
+        if base:
+            clauses.append("(base_name = ? OR base_fingerprint LIKE ? || '%')")
+            params += [base, base]
+        if tag:
+            clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.name = v.name AND t.version = v.version AND t.tag = ?)")
+            params.append(tag)
+        if latest_only:
+            clauses.append("version = (SELECT MAX(version) FROM versions w WHERE w.name = v.name)")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        conn = self._connection()
+        rows = conn.execute(_SELECT + where + " ORDER BY name, version", params).fetchall()
+        return self._records(conn, rows)
+
+    def remove(self, name: str, version: int | None = None) -> list[VersionRecord]:
+        with self._write() as conn:
+            if version is None:
+                rows = conn.execute(_SELECT + " WHERE name = ?", (name,)).fetchall()
+            else:
+                rows = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, version)).fetchall()
+            if not rows:
+                raise AdapterNotInStoreError(_not_found(conn, name, name if version is None else f"{name}@{version}"))
+            records = self._records(conn, rows)
+            for record in records:
+                conn.execute("DELETE FROM files WHERE version_id = ?", (record.id,))
+                conn.execute("DELETE FROM versions WHERE id = ?", (record.id,))
+                conn.execute("DELETE FROM tags WHERE name = ? AND version = ?", (record.name, record.version))
+        return records
+
+    # --- tags ------------------------------------------------------------
+    def set_tag(self, name: str, tag: str, version: int) -> None:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone() is None:
+                raise AdapterNotInStoreError(_not_found(conn, name, f"{name}@{version}"))
+            conn.execute("INSERT OR REPLACE INTO tags (name, tag, version) VALUES (?, ?, ?)", (name, tag, version))
+
+    def remove_tag(self, name: str, tag: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag)).rowcount > 0
+
+    # --- blobs ------------------------------------------------------------
+    def references(self) -> dict[str, list[tuple[str, str]]]:
+        refs: dict[str, list[tuple[str, str]]] = {}
+        rows = self._connection().execute(
+            "SELECT f.blob, v.name, v.version, f.path FROM files f JOIN versions v ON v.id = f.version_id"
+            " ORDER BY v.name, v.version, f.path"
+        )
+        for blob, name, version, path in rows:
+            refs.setdefault(blob, []).append((f"{name}@{version}", path))
+        return refs
+
+    def collect(self, candidates: Iterable[str], delete: Callable[[str], None]) -> list[str]:
+        candidates = list(candidates)
+        if not candidates:
+            return []
+        deleted = []
+        host, now = socket.gethostname(), time.time()
+        with self._write() as conn:
+            # Leases whose holder has exited or whose time is up protect nothing any more.
+            for lease, lease_host, pid, expires in conn.execute(
+                "SELECT DISTINCT lease, host, pid, expires_at FROM leases"
+            ).fetchall():
+                if expires < now or (lease_host == host and not _pid_alive(pid)):
+                    conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
+            for blob in candidates:
+                referenced = conn.execute("SELECT 1 FROM files WHERE blob = ? LIMIT 1", (blob,)).fetchone()
+                leased = conn.execute("SELECT 1 FROM leases WHERE blob = ? LIMIT 1", (blob,)).fetchone()
+                if referenced is None and leased is None:
+                    delete(blob)
+                    deleted.append(blob)
+        return deleted
+
+    # --- bases ------------------------------------------------------------
+    def record_base(self, base: BaseRef, parameter_bytes: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO bases (fingerprint, name, architecture, parameter_bytes) VALUES (?, ?, ?, ?)",
+                (base.fingerprint, base.name, base.architecture, parameter_bytes),
+            )
+
+    def base_sizes(self) -> dict[str, int]:
+        return dict(self._connection().execute("SELECT fingerprint, parameter_bytes FROM bases"))
+
+    # --- rows -> records -------------------------------------------------
+    def _records(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[VersionRecord]:
+        if not rows:
+            return []
+        if len(rows) == 1:
+            tag_rows = conn.execute("SELECT name, version, tag FROM tags WHERE name = ?", (rows[0][1],))
+        else:
+            tag_rows = conn.execute("SELECT name, version, tag FROM tags")
+        tags: dict[tuple[str, int], list[str]] = {}
+        for tag_name, tag_version, tag in tag_rows:
+            tags.setdefault((tag_name, tag_version), []).append(tag)
+        records = []
+        for (vid, name, version, created, method, rank, alpha, targets, count, size, adapters,
+             base_name, base_fp, base_arch, metadata) in rows:
+            summary = AdapterSummary(method, rank, alpha, json.loads(targets), count, size, json.loads(adapters))
+            base = BaseRef(base_name or "", base_fp, base_arch or "") if base_fp else None
+            records.append(VersionRecord(
+                name, version, created, summary, base, json.loads(metadata),
+                tuple(sorted(tags.get((name, version), ()))), vid,
+            ))
+        return records
+
+
+_SELECT = (
+    "SELECT id, name, version, created_at, method, rank, alpha, targets, parameter_count, bytes, adapters,"
+    " base_name, base_fingerprint, base_architecture, metadata FROM versions v"
+)
+
+
+def _not_found(conn: sqlite3.Connection, name: str, what: str) -> str:
+    versions = [v for (v,) in conn.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
+    if not versions:
+        return f"no adapter named {name!r} in the store; `adapterkit store ls` lists what is there"
+    tags = [t for (t,) in conn.execute("SELECT tag FROM tags WHERE name = ? ORDER BY tag", (name,))]
+    known = ", ".join(f"@{v}" for v in versions[-10:]) + (f"; tags: {', '.join(tags)}" if tags else "")
+    return f"{what} is not in the store; {name} has versions {known}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) holds nothing either.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
+        return True

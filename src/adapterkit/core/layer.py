@@ -33,10 +33,13 @@ class AdapterRouting:
     # Mixed batches: the adapter id of each row (0 = base), set for one forward call.
     row_ids: torch.Tensor | None = None
     ids: dict[str, int] = field(default_factory=dict)  # adapter name -> row id (>= 1)
+    _next_id: int = 1
 
     def id_for(self, name: str) -> int:
+        """A stable row id per adapter name (ids are never reused, so tables stay valid)."""
         if name not in self.ids:
-            self.ids[name] = max(self.ids.values(), default=0) + 1
+            self.ids[name] = self._next_id
+            self._next_id += 1
         return self.ids[name]
 
 
@@ -58,7 +61,6 @@ class LoraAdapters(nn.Module):
         self.routing = routing
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
-        self.lora_dropout = nn.ModuleDict()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
         weight = base.weight
@@ -99,7 +101,6 @@ class LoraAdapters(nn.Module):
         slot = pack.add(name, scale, self._params())
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.info[name] = _AdapterInfo(rank, scale, dropout)
         self._set_slot(rank, self.routing.id_for(name), slot)
         self.reset(name, init)
@@ -110,7 +111,7 @@ class LoraAdapters(nn.Module):
         info = self.info.pop(name)
         self.packs[info.rank].remove(name)
         self._set_slot(info.rank, self.routing.id_for(name), 0)
-        del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        del self.lora_A[name], self.lora_B[name]
 
     @torch.no_grad()
     def reset(self, name: str, init: bool | str = True) -> None:
@@ -185,7 +186,9 @@ class LoraAdapters(nn.Module):
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
             return (after_A @ B.T) * scale  # (..., out)
-        x = self.lora_dropout[name](x.to(A.dtype))
+        # Functional dropout: a module per adapter per layer would make every walk over
+        # the model's modules (and so every load) slower as adapters accumulate.
+        x = F.dropout(x.to(A.dtype), self.info[name].dropout, self.training)
         return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
 
     def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:

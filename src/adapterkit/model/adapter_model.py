@@ -62,6 +62,8 @@ class AdapterModel(nn.Module):
         self._trainable: dict[str, bool] = {}
         # Fingerprinted before any adapter or merge can change the weights.
         self.base_fingerprint: BaseFingerprint = base_fingerprint(model)
+        for param in model.parameters():  # the base is frozen; adapters bring their own parameters
+            param.requires_grad_(False)
         if config is not None:
             self.add_adapter(adapter_name, config)
 
@@ -147,17 +149,11 @@ class AdapterModel(nn.Module):
             swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable)
         self.peft_config[adapter_name] = peft_config
         self._trainable[adapter_name] = trainable
-        self._freeze_base()
         if trainable:
             for module in bias_modules(self.model, peft_config, adapter_name).values():
                 module.bias.requires_grad_(True)
         if _activate or (_activate is None and not self.routing.active):
             self.routing.active = (adapter_name,)
-
-    def _freeze_base(self) -> None:
-        for name, param in self.model.named_parameters():
-            if ".lora." not in f".{name}" and ".modules_to_save." not in f".{name}":
-                param.requires_grad_(False)
 
     def set_adapter(self, adapter_name: str | list[str]) -> None:
         names = self._check_known(adapter_name)

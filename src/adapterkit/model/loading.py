@@ -59,7 +59,7 @@ def _original(model: nn.Module, path: str) -> nn.Module:
     return module.original_module if isinstance(module, ModulesToSave) else module
 
 
-def _expected(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
+def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
               saved_modules: list[str]) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
     expected: dict[str, tuple[keys.Slot, tuple[int, ...]]] = {}
     existing_loras = lora_modules(model)
@@ -95,7 +95,7 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
               recorded_base: BaseFingerprint | None = None) -> LoadPlan:
     targets = find_targets(model, config)
     saved_modules = resolve_saved_modules(model, config)
-    expected = _expected(model, config, targets, saved_modules)
+    expected = expected_tensors(model, config, targets, saved_modules)
     base_note = _base_note(config, recorded_base)
 
     # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.

@@ -1,0 +1,1 @@
+"""The `adapterkit` command: a thin table of subcommands over importable functions."""

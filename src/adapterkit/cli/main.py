@@ -1,0 +1,58 @@
+"""Entry point of the `adapterkit` command.
+
+Subcommands are one table; each row names its argument wiring and its runner,
+and runners import what they need lazily so `adapterkit --help` stays instant.
+Bad input ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (help, module, add_arguments, run)
+COMMANDS = {
+    "inspect": ("describe an adapter folder", "adapterkit.cli.adapter_commands", "add_inspect", "run_inspect"),
+    "verify": ("check an adapter against a base model and report every mismatch",
+               "adapterkit.cli.adapter_commands", "add_verify", "run_verify"),
+    "merge": ("export base + adapter as one transformers model folder",
+              "adapterkit.cli.adapter_commands", "add_merge", "run_merge"),
+    "convert": ("convert a legacy adapter_model.bin to safetensors",
+                "adapterkit.cli.adapter_commands", "add_convert", "run_convert"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adapterkit", description="LoRA adapters on frozen models, in PEFT's format.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, module, add_name, run_name) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        getattr(mod, add_name)(command)
+        command.set_defaults(run=getattr(mod, run_name))
+    try:
+        from adapterkit.cli.store_commands import add_store_parser
+    except ImportError:  # the store is optional while it is being built
+        pass
+    else:
+        add_store_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("adapterkit: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

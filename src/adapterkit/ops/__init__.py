@@ -1,0 +1,1 @@
+"""Whole-adapter operations behind the CLI: inspect, verify, merge, convert."""

@@ -1,0 +1,75 @@
+"""Describe an adapter folder without loading any model."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from adapterkit.io.fingerprint import BaseFingerprint
+from adapterkit.io.folder import (
+    adapter_subfolders,
+    find_weights,
+    read_adapter_folder,
+)
+
+
+@dataclass
+class AdapterSummary:
+    folder: str
+    peft_type: str
+    rank: int
+    lora_alpha: float
+    use_rslora: bool
+    target_modules: list[str] | str | None
+    modules_to_save: list[str] | None
+    rank_pattern: dict
+    alpha_pattern: dict
+    adapted_modules: int
+    parameters: int
+    weights_file: str
+    weights_bytes: int
+    weights_sha256: str
+    base_name: str | None
+    base_fingerprint: str | None
+    sub_adapters: list["AdapterSummary"] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_adapter(folder: str | Path, include_subfolders: bool = True) -> AdapterSummary:
+    files = read_adapter_folder(folder)
+    config = files.config
+    weights = find_weights(Path(folder))
+    recorded = BaseFingerprint.from_metadata(files.metadata)
+    modules = {k.rsplit(".lora_", 1)[0] for k in files.tensors if ".lora_" in k}
+    summary = AdapterSummary(
+        folder=str(folder),
+        peft_type=str(config.peft_type),
+        rank=config.r,
+        lora_alpha=config.lora_alpha,
+        use_rslora=config.use_rslora,
+        target_modules=config.target_modules,
+        modules_to_save=config.modules_to_save,
+        rank_pattern=config.rank_pattern,
+        alpha_pattern=config.alpha_pattern,
+        adapted_modules=len(modules),
+        parameters=sum(t.numel() for t in files.tensors.values()),
+        weights_file=weights.name,
+        weights_bytes=weights.stat().st_size,
+        weights_sha256=sha256_file(weights),
+        base_name=(recorded.name if recorded and recorded.name else None) or config.base_model_name_or_path,
+        base_fingerprint=recorded.digest if recorded else None,
+    )
+    if include_subfolders:
+        summary.sub_adapters = [inspect_adapter(Path(folder) / name, False) for name in adapter_subfolders(folder)]
+    return summary

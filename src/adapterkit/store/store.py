@@ -13,6 +13,7 @@ commit leaves no version and only unreferenced blobs, which `gc` removes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -208,7 +209,10 @@ class AdapterStore:
         target_name = adapter_name or re.sub(r"[^A-Za-z0-9_]", "_", record.name)
         with tempfile.TemporaryDirectory(prefix="adapterkit-get-") as tmp:
             self._materialize(record, Path(tmp))
-            model.load_adapter(tmp, adapter_name=target_name, is_trainable=is_trainable, overwrite=overwrite)
+            with warnings.catch_warnings():
+                # Already warned above, naming the stored ref; the model would repeat it with a temp path.
+                warnings.filterwarnings("ignore", message=r".*was trained on base")
+                model.load_adapter(tmp, adapter_name=target_name, is_trainable=is_trainable, overwrite=overwrite)
         return record
 
     def _check_base(self, record: VersionRecord, model: Any, strict: bool) -> None:
@@ -355,7 +359,7 @@ class AdapterStore:
                     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
                     info = tarfile.TarInfo(EXPORT_MANIFEST)
                     info.size, info.mtime = len(data), int(time.time())
-                    tar.addfile(info, _BytesReader(data))
+                    tar.addfile(info, io.BytesIO(data))
                 os.replace(partial, archive)
             except BaseException:
                 partial.unlink(missing_ok=True)
@@ -428,13 +432,3 @@ def _pause_for_tests() -> None:
     if marker:
         Path(marker).touch()
         time.sleep(600)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk, self._pos = self._data[self._pos:end], min(end, len(self._data))
-        return chunk

@@ -1,0 +1,201 @@
+"""Put, get, list, tag, remove: the store's everyday operations on real folders."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adapterkit.errors import (
+    AdapterConfigNotFoundError,
+    AdapterFolderNotFoundError,
+    AdapterWeightsNotFoundError,
+    CorruptAdapterFileError,
+)
+from adapterkit.store import AdapterNotInStoreError, AdapterStore, InvalidStoreRefError, default_store_root
+
+from store_helpers import FINGERPRINT_A, FINGERPRINT_B, folder_bytes, write_peft_folder
+
+
+def test_put_then_get_returns_identical_files(store, make_folder, tmp_path):
+    source = make_folder()
+    record = store.put(source, "math")
+    assert record.ref == "math@1"
+    out = store.get("math", tmp_path / "out")
+    assert folder_bytes(out) == folder_bytes(source)
+
+
+def test_summary_is_read_from_config_and_header(store, make_folder):
+    record = store.put(make_folder(r=8, alpha=32, layers=3, hidden=16, base=FINGERPRINT_A), "s")
+    summary = record.summary
+    assert (summary.method, summary.rank, summary.alpha) == ("LORA", 8, 32.0)
+    assert summary.targets == ["q_proj", "v_proj"]
+    assert summary.parameter_count == 3 * 2 * (8 * 16 + 16 * 8)
+    assert record.base.name == "tiny-base-a" and record.base.fingerprint == "a" * 32
+    assert record.base.architecture == "LlamaForCausalLM"
+
+
+def test_summary_matches_a_folder_written_by_peft(store, tmp_path):
+    peft = pytest.importorskip("peft")
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.v_proj, self.out = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 4)
+
+        def forward(self, x):
+            return self.out(self.q_proj(x) + self.v_proj(x))
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(Tiny(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(tmp_path / "peft")
+    trainable, _ = model.get_nb_trainable_parameters()
+    record = store.put(tmp_path / "peft", "from-peft")
+    assert record.summary.parameter_count == trainable
+    assert (record.summary.rank, record.summary.alpha, record.summary.targets) == (4, 8.0, ["q_proj", "v_proj"])
+    assert record.base is None  # PEFT records no fingerprint
+    assert folder_bytes(store.get("from-peft", tmp_path / "back")) == folder_bytes(tmp_path / "peft")
+
+
+def test_identical_files_are_stored_once(store, make_folder):
+    first = make_folder(seed=7)
+    second = make_folder(seed=7)
+    other = make_folder(seed=8)
+    for i, folder in enumerate([first, second, other]):
+        store.put(folder, f"a{i}")
+    blobs = list(store.blobs.iter_blobs())
+    # one config (identical in all three) + two distinct weights files
+    assert len(blobs) == 3
+    usage = store.du()
+    assert usage.logical_bytes > usage.stored_bytes
+    assert usage.dedupe_ratio == pytest.approx(usage.logical_bytes / usage.stored_bytes)
+
+
+def test_versions_are_immutable_and_numbers_never_reused(store, make_folder, tmp_path):
+    one, two = make_folder(), make_folder()
+    assert store.put(one, "x").version == 1
+    assert store.put(two, "x").version == 2
+    assert store.resolve("x@latest").version == 2
+    assert store.resolve("x").version == 2
+    store.rm("x@2")
+    assert store.resolve("x").version == 1
+    assert store.put(two, "x").version == 3  # not 2 again
+    assert folder_bytes(store.get("x@1", tmp_path / "o1")) == folder_bytes(one)
+    with pytest.raises(AdapterNotInStoreError, match="x@2 is not in the store; x has versions @1, @3"):
+        store.resolve("x@2")
+
+
+def test_tags_move_and_resolve(store, make_folder):
+    store.put(make_folder(), "t")
+    store.put(make_folder(), "t")
+    store.tag("t@1", "prod")
+    assert store.resolve("t@prod").version == 1
+    assert store.resolve("t@1").tags == ("prod",)
+    store.tag("t@2", "prod")  # moves
+    assert store.resolve("t@prod").version == 2
+    assert store.resolve("t@1").tags == ()
+    assert [r.ref for r in store.ls(tag="prod")] == ["t@2"]
+    assert store.untag("t", "prod")
+    with pytest.raises(AdapterNotInStoreError):
+        store.resolve("t@prod")
+
+
+def test_rm_bare_name_removes_every_version_and_its_tags(store, make_folder):
+    store.put(make_folder(), "r")
+    store.put(make_folder(), "r")
+    store.tag("r@1", "keep")
+    removed = store.rm("r")
+    assert [r.ref for r in removed] == ["r@1", "r@2"]
+    assert store.ls() == []
+    with pytest.raises(AdapterNotInStoreError, match="no adapter named 'r'"):
+        store.rm("r")
+
+
+def test_ls_filters_by_name_base_tag_and_latest(store, make_folder):
+    store.put(make_folder(base=FINGERPRINT_A), "alpha")
+    store.put(make_folder(base=FINGERPRINT_A), "alpha")
+    store.put(make_folder(base=FINGERPRINT_B), "beta")
+    store.put(make_folder(), "gamma")
+    assert [r.ref for r in store.ls()] == ["alpha@1", "alpha@2", "beta@1", "gamma@1"]
+    assert [r.ref for r in store.ls(base="tiny-base-a")] == ["alpha@1", "alpha@2"]
+    assert [r.ref for r in store.ls(base="bbbb")] == ["beta@1"]  # fingerprint prefix
+    assert [r.ref for r in store.ls("alpha")] == ["alpha@1", "alpha@2"]
+    assert [r.ref for r in store.ls("*a")] == ["alpha@1", "alpha@2", "beta@1", "gamma@1"]
+    assert [r.ref for r in store.ls("g*")] == ["gamma@1"]
+    assert [r.ref for r in store.ls(latest_only=True)] == ["alpha@2", "beta@1", "gamma@1"]
+
+
+def test_metadata_round_trips(store, make_folder):
+    meta = {"train_data_sha256": "ab" * 32, "metrics": {"exact_match": 0.82}}
+    store.put(make_folder(), "m", metadata=meta)
+    assert store.resolve("m").metadata == meta
+    with pytest.raises(ValueError, match="JSON"):
+        store.put(make_folder(), "m", metadata={"bad": object()})
+    assert [r.ref for r in store.ls("m")] == ["m@1"]
+
+
+def test_folders_with_sub_adapters_keep_their_layout(store, tmp_path):
+    root = write_peft_folder(tmp_path / "multi", 1)
+    write_peft_folder(root / "second", 2, r=2)
+    record = store.put(root, "multi")
+    assert record.summary.adapters == ["", "second"]
+    assert record.summary.rank == 4  # the root adapter's
+    assert folder_bytes(store.get("multi", tmp_path / "back")) == folder_bytes(root)
+
+
+def test_bad_folders_are_refused_with_typed_errors(store, tmp_path, make_folder):
+    with pytest.raises(AdapterFolderNotFoundError):
+        store.put(tmp_path / "nope", "n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterConfigNotFoundError):
+        store.put(tmp_path / "empty", "n")
+    no_weights = make_folder()
+    (no_weights / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterWeightsNotFoundError):
+        store.put(no_weights, "n")
+    truncated = make_folder()
+    data = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CorruptAdapterFileError, match="truncated"):
+        store.put(truncated, "n")
+    assert store.ls() == [] and list(store.blobs.iter_blobs()) == []
+
+
+@pytest.mark.parametrize("ref", ["", "a@b@c", "../x", "x@0", "x@1.5", "with space", "x@-1", "a//b"])
+def test_malformed_refs_are_refused(store, ref):
+    with pytest.raises(InvalidStoreRefError):
+        store.resolve(ref)
+
+
+def test_get_refuses_a_non_empty_destination(store, make_folder, tmp_path):
+    store.put(make_folder(), "g")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        store.get("g", tmp_path / "busy")
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_index_is_sqlite_in_wal_mode(store):
+    conn = sqlite3.connect(store.root / "index.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_default_root_follows_adapterkit_home_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAPTERKIT_HOME", str(tmp_path / "home"))
+    assert default_store_root() == tmp_path / "home" / "store"
+    monkeypatch.delenv("ADAPTERKIT_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_store_root() == tmp_path / "xdg" / "adapterkit" / "store"
+    assert AdapterStore().root == tmp_path / "xdg" / "adapterkit" / "store"
+
+
+def test_store_reopens_with_its_contents(tmp_path, make_folder):
+    AdapterStore(tmp_path / "s").put(make_folder(), "persist", metadata={"k": 1})
+    again = AdapterStore(tmp_path / "s")
+    assert again.resolve("persist").metadata == {"k": 1}
+    assert json.loads(json.dumps(again.du().versions)) == 1

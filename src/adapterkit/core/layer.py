@@ -188,7 +188,8 @@ class LoraAdapters(nn.Module):
             return (after_A @ B.T) * scale  # (..., out)
         # Functional dropout: a module per adapter per layer would make every walk over
         # the model's modules (and so every load) slower as adapters accumulate.
-        x = F.dropout(x.to(A.dtype), self.info[name].dropout, self.training)
+        # x may sit elsewhere when accelerate's device_map hooks move inputs inside forward.
+        x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
 
     def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:

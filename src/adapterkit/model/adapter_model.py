@@ -144,20 +144,41 @@ class AdapterModel(nn.Module):
         for target in targets:
             lora = attach(target.module, target.kind, self.routing)
             lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
-                     peft_config.lora_dropout, peft_config.use_rslora, peft_config.init_lora_weights, trainable)
+                     peft_config.lora_dropout, peft_config.use_rslora, peft_config.init_lora_weights,
+                     trainable=False)
         for path in saved:
-            swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable)
+            swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable=False)
         self.peft_config[adapter_name] = peft_config
         self._trainable[adapter_name] = trainable
         if trainable:
             for module in bias_modules(self.model, peft_config, adapter_name).values():
                 module.bias.requires_grad_(True)
         if _activate or (_activate is None and not self.routing.active):
-            self.routing.active = (adapter_name,)
+            self._activate((adapter_name,))
+
+    def _activate(self, names: tuple[str, ...]) -> None:
+        """Make `names` the active adapters. As in PEFT, only active adapters train; only the
+        adapters whose state changes are touched, so switching costs the same with 1 or 1000."""
+        previous = set(self.routing.active)
+        self.routing.active = names
+        changed = previous.symmetric_difference(names)
+        if changed:
+            self._set_requires_grad({n: n in names and self._trainable.get(n, False) for n in changed})
+
+    def _set_requires_grad(self, flags: dict[str, bool]) -> None:
+        for lora in lora_modules(self.model).values():
+            for name, flag in flags.items():
+                if lora.has(name):
+                    lora.lora_A[name].requires_grad_(flag)
+                    lora.lora_B[name].requires_grad_(flag)
+        for wrapper in saved_wrappers(self.model).values():
+            for name, flag in flags.items():
+                if name in wrapper.modules_to_save:
+                    wrapper.modules_to_save[name].requires_grad_(flag)
 
     def set_adapter(self, adapter_name: str | list[str]) -> None:
         names = self._check_known(adapter_name)
-        self.routing.active = tuple(names)
+        self._activate(tuple(names))
 
     set_active_adapters = set_adapter  # the name transformers' integration uses
 
@@ -178,7 +199,7 @@ class AdapterModel(nn.Module):
         remaining = tuple(n for n in self.routing.active if n != adapter_name)
         if not remaining and self.peft_config:
             remaining = (next(iter(self.peft_config)),)
-        self.routing.active = remaining
+        self._activate(remaining)
 
     @contextlib.contextmanager
     def disable_adapter(self):

@@ -97,10 +97,6 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[TargetedModule]:
         kind = module_kind(module)
         if not name or kind is None or name in inside_saved:
             continue
-        if config.exclude_modules and _matches_name(config.exclude_modules, name):
-            continue
-        if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
-            continue
         if target == ALL_LINEAR:
             if kind == "embedding" or name in head_names:
                 continue
@@ -109,11 +105,16 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[TargetedModule]:
             entry = _matches_name(target, name)
             if entry is None:
                 continue
+        # The entry names a real module even if exclusion drops it: PEFT expands
+        # "all-linear" to every linear name and then applies exclude_modules.
+        used_entries.add(entry)
+        if config.exclude_modules and _matches_name(config.exclude_modules, name):
+            continue
+        if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
+            continue
         if config.layers_to_transform is not None and not isinstance(target, str):
             if _layer_index(name, config.layers_pattern) not in config.layers_to_transform:
-                used_entries.add(entry)
                 continue
-        used_entries.add(entry)
         found.append(TargetedModule(name, module, kind))
     _check_coverage(model, config, found, used_entries)
     return found

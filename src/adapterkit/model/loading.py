@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adapterkit.core.config import LoraConfig
+from adapterkit.core.config import TASK_HEADS, LoraConfig
 from adapterkit.core.injection import ModulesToSave, lora_modules
 from adapterkit.core.targeting import TargetedModule, find_targets
 from adapterkit.errors import AdapterKeyMismatchError, AdapterShapeMismatchError, TargetModulesError
@@ -35,6 +35,9 @@ def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     """Paths of the modules trained in full for this config (modules_to_save)."""
     wanted = config.modules_to_save or []
     auto_heads = [h for h in config.head_modules_to_save() if h not in wanted]
+    # PEFT writes its task-type heads ("classifier", "score") into modules_to_save whether or
+    # not the model has them; only entries the user chose must match something.
+    optional = set(TASK_HEADS.get(str(config.task_type), ()))
     found: list[str] = []
     unmatched: list[str] = []
     for entry in list(wanted) + auto_heads:
@@ -45,7 +48,7 @@ def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
             and ".original_module." not in name
         ]
         found.extend(h for h in hits if h not in found)
-        if not hits and entry in wanted:
+        if not hits and entry in wanted and entry not in optional:
             unmatched.append(entry)
     if unmatched:
         raise TargetModulesError(

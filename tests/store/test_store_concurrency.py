@@ -1,0 +1,155 @@
+"""Several real processes at once, and a real SIGKILL in the middle of `put`."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from store_helpers import folder_bytes, write_peft_folder
+
+import adapterkit
+from adapterkit.store import AdapterNotInStoreError, AdapterStore
+from adapterkit.store.store import PAUSE_BEFORE_COMMIT_ENV
+
+WORKERS = 4
+ROUNDS = 40
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256(repr(sorted(folder_bytes(folder).items())).encode()).hexdigest()
+
+
+def _worker(root: str, sources: list[str], worker: int, results) -> None:
+    rng = random.Random(worker)
+    store = AdapterStore(root)
+    mine: list[tuple[str, str]] = []  # (ref, digest of the folder put)
+    scratch = Path(root).parent / f"scratch-{worker}"
+    try:
+        for round_ in range(ROUNDS):
+            source = Path(rng.choice(sources))
+            name = "shared" if round_ % 2 else f"own-{worker}"
+            record = store.put(source, name, metadata={"worker": worker, "round": round_})
+            mine.append((record.ref, _digest(source)))
+            if len(mine) > 1 and rng.random() < 0.3:  # remove one of ours so gc has something to collect
+                ref, _ = mine.pop(rng.randrange(len(mine)))
+                store.rm(ref)
+            if worker == 0 and round_ % 3 == 0:
+                store.gc(grace_s=0)
+            ref, digest = rng.choice(mine)
+            out = store.get(ref, scratch / f"{round_}")
+            if _digest(out) != digest:
+                raise AssertionError(f"{ref} came back different from what was put")
+        results.put((worker, mine, None))
+    except BaseException as exc:  # report to the parent instead of dying silently
+        results.put((worker, mine, repr(exc)))
+
+
+def test_concurrent_put_get_rm_gc_never_corrupt_or_lose_a_version(tmp_path):
+    sources = [str(write_peft_folder(tmp_path / f"src{i}", i % 3, r=2 + i % 2)) for i in range(6)]
+    root = tmp_path / "store"
+    AdapterStore(root)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(root), sources, w, results)) for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    errors = [(w, err) for w, _, err in outcomes if err]
+    assert not errors, errors
+
+    store = AdapterStore(root)
+    store.gc(grace_s=0)
+    listed = {r.ref for r in store.ls()}
+    expected = {ref: digest for _, mine, _ in outcomes for ref, digest in mine}
+    assert set(expected) == listed  # every kept version is there, nothing else
+    for ref, digest in expected.items():
+        assert _digest(store.get(ref, tmp_path / "check" / ref.replace("@", "_"))) == digest
+    assert store.verify().ok
+    # version numbers were handed out once each: shared got WORKERS * ROUNDS // 2 puts in all
+    shared_versions = sorted(r.version for r in store.ls("shared"))
+    assert len(set(shared_versions)) == len(shared_versions)
+    assert max(shared_versions) <= WORKERS * ((ROUNDS + 1) // 2)
+    conn = sqlite3.connect(root / "index.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _child_env(marker: Path) -> dict[str, str]:
+    src = str(Path(adapterkit.__file__).resolve().parents[1])
+    env = {**os.environ, PAUSE_BEFORE_COMMIT_ENV: str(marker)}
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_a_put_killed_before_its_commit_leaves_no_version_and_a_consistent_store(tmp_path):
+    root = tmp_path / "store"
+    store = AdapterStore(root)
+    kept = write_peft_folder(tmp_path / "kept", 1)
+    store.put(kept, "victim")  # victim@1 exists before the crash
+    doomed = write_peft_folder(tmp_path / "doomed", 2)
+    marker = tmp_path / "paused"
+    code = (
+        "import sys; from adapterkit.store import AdapterStore; "
+        "AdapterStore(sys.argv[1]).put(sys.argv[2], 'victim')"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(root), str(doomed)], env=_child_env(marker))
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "the put exited before reaching the pause"
+            assert time.monotonic() < deadline, "the put never reached the pause"
+            time.sleep(0.02)
+        # The blobs of the doomed version are on disk now; only the index commit is missing.
+        assert len(list(store.blobs.iter_blobs())) == 3
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    after = AdapterStore(root)
+    assert [r.ref for r in after.ls()] == ["victim@1"]
+    try:
+        after.resolve("victim@2")
+        raise AssertionError("the killed put's version is visible")
+    except AdapterNotInStoreError:
+        pass
+    assert after.verify().ok
+    assert folder_bytes(after.get("victim", tmp_path / "out")) == folder_bytes(kept)
+    # The dead put's lease protects nothing: its orphaned weights blob is collected.
+    assert after.gc(grace_s=0).blobs_deleted == 1
+    assert after.verify().ok
+    assert after.put(doomed, "victim").version == 2
+    conn = sqlite3.connect(root / "index.sqlite")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_gc_in_another_process_spares_the_blobs_of_a_put_in_progress(tmp_path):
+    root = tmp_path / "store"
+    store = AdapterStore(root)
+    folder = write_peft_folder(tmp_path / "again", 3)
+    store.put(folder, "gone")
+    store.rm("gone")  # its blobs are now unreferenced: exactly what gc collects
+    marker = tmp_path / "paused"
+    code = "import sys; from adapterkit.store import AdapterStore; AdapterStore(sys.argv[1]).put(sys.argv[2], 'back')"
+    child = subprocess.Popen([sys.executable, "-c", code, str(root), str(folder)], env=_child_env(marker))
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        # The put found the blobs already present and is about to reference them.
+        assert store.gc(grace_s=0).blobs_deleted == 0
+        assert len(list(store.blobs.iter_blobs())) == 2
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert store.gc(grace_s=0).blobs_deleted == 2  # the holder is dead now

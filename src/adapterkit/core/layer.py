@@ -32,6 +32,7 @@ class AdapterRouting:
     disabled: bool = False
     # Mixed batches: the adapter id of each row (0 = base), set for one forward call.
     row_ids: torch.Tensor | None = None
+    row_names: frozenset[str] | None = None  # the adapter names those rows use
     ids: dict[str, int] = field(default_factory=dict)  # adapter name -> row id (>= 1)
     _next_id: int = 1
 
@@ -172,7 +173,7 @@ class LoraAdapters(nn.Module):
         if routing.disabled or not self.info:
             return result
         if routing.row_ids is not None:
-            return result + self._mixed_delta(x, routing.row_ids).to(result.dtype)
+            return self._mixed_delta(x, routing.row_ids, result)
         for name in routing.active:
             if name in self.info and name not in self.merged:
                 result = result + self._delta(name, x).to(result.dtype)
@@ -192,35 +193,44 @@ class LoraAdapters(nn.Module):
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
 
-    def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+    def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
 
         The loop runs over distinct *ranks* at this module (usually one), never
-        over adapters.
+        over adapters. Nothing here reads a tensor's value on the host, so a
+        forward pass stays free of per-layer synchronisation.
         """
         rows = x.shape[0]
-        delta = None
+        known = self.routing._next_id  # every row id handed out so far is < known
+        in_use = self.routing.row_names
+        out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
+        # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
+        inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
+            if len(self.packs) > 1 and in_use is not None and pack.used.keys().isdisjoint(in_use):
+                continue  # no row of this batch uses an adapter of this rank here
             table = self._slot_tables[rank]
-            if table.numel() <= int(row_ids.max()):
-                self._set_slot(rank, int(row_ids.max()), 0)
+            if table.numel() < known:  # adapters added elsewhere since: cover their ids (as slot 0)
+                self._set_slot(rank, known - 1, 0)
                 table = self._slot_tables[rank]
             slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,)
-            B = pack.B.index_select(0, slots)  # (rows, out, r)
+            Bt = pack.B.index_select(0, slots).transpose(1, 2)  # (rows, r, out)
             if self.kind == "embedding":
                 # A: (cap, r, V); pick column x[b, t] of row b's A -> (rows, T, r)
-                after_A = pack.A.transpose(1, 2)[slots.view(-1, *([1] * (x.dim() - 1))), x]
-                part = torch.bmm(after_A.reshape(rows, -1, rank) * scale.view(-1, 1, 1),
-                                 B.transpose(1, 2))  # (rows, T, out)
+                h = pack.A.transpose(1, 2)[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
             else:
-                A = pack.A.index_select(0, slots)  # (rows, r, in)
-                xs = x.reshape(rows, -1, self.in_features).to(A.dtype)  # (rows, T, in)
-                h = torch.bmm(xs, A.transpose(1, 2)) * scale.view(-1, 1, 1)  # (rows, T, r)
-                part = torch.bmm(h, B.transpose(1, 2))  # (rows, T, out)
-            delta = part if delta is None else delta + part
-        return delta.reshape(*x.shape[: (x.dim() if self.kind == "embedding" else x.dim() - 1)],
-                             self.out_features)
+                At = pack.A.index_select(0, slots).transpose(1, 2)  # (rows, in, r)
+                h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
+            h = h * scale.view(-1, 1, 1)
+            if inplace:
+                out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
+            else:
+                out = out + torch.bmm(h, Bt).to(out.dtype)
+        return out.view_as(result)
+
+    def packs_dtype(self) -> torch.dtype:
+        return next(iter(self.packs.values())).dtype
 
     # --- merge ------------------------------------------------------------------
     def delta_weight(self, name: str) -> torch.Tensor:

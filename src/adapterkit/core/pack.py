@@ -6,8 +6,11 @@ of looping over adapters. Each adapter's `nn.Parameter` is a *view* into the
 pack, so the optimizer's in-place updates and `load_state_dict` land in the pack
 with nothing to synchronise, and resident memory stays at the raw tensor bytes
 (plus spare capacity, grown geometrically so adding an adapter is O(1) amortised).
+Spare slots are allocated but never written until handed out, so the operating
+system does not back them with memory (large allocations are mapped lazily).
 
-Slot 0 is always zero: rows that use no adapter of this rank point there.
+Slot 0 is always zero: rows that use no adapter of this rank point there. Free
+slots hold garbage; no row points at them, and `add` zeroes a slot it hands out.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class RankPack:
         self.free: list[int] = []
         self.used: dict[str, int] = {}  # adapter name -> slot
         self._grow(2)
-        heapq.heappop(self.free)  # slot 0: the zero adapter, never handed out
+        self._zero(heapq.heappop(self.free))  # slot 0: the zero adapter, never handed out
 
     @property
     def device(self) -> torch.device:
@@ -46,9 +49,10 @@ class RankPack:
 
     def _grow(self, new_capacity: int, params=None) -> None:
         """Reallocate to `new_capacity` slots and re-point the adapters' parameters."""
-        A = self.A.new_zeros(new_capacity, self.rank, self.a_cols)
-        B = self.B.new_zeros(new_capacity, self.b_rows, self.rank)
-        scale = self.scale.new_zeros(new_capacity)
+        # empty, not zeros: writing the spare slots would make them resident.
+        A = self.A.new_empty(new_capacity, self.rank, self.a_cols)
+        B = self.B.new_empty(new_capacity, self.b_rows, self.rank)
+        scale = self.scale.new_empty(new_capacity)
         A[: self.capacity] = self.A
         B[: self.capacity] = self.B
         scale[: self.capacity] = self.scale
@@ -70,16 +74,20 @@ class RankPack:
         if not self.free:
             self._grow(max(self.capacity + 8, int(self.capacity * _GROWTH)), params)
         slot = heapq.heappop(self.free)
+        self._zero(slot)
         self.used[name] = slot
         self.scale[slot] = scale
         return slot
 
     def remove(self, name: str) -> None:
         slot = self.used.pop(name)
+        self._zero(slot)
+        heapq.heappush(self.free, slot)
+
+    def _zero(self, slot: int) -> None:
         self.A[slot].zero_()
         self.B[slot].zero_()
         self.scale[slot] = 0
-        heapq.heappush(self.free, slot)
 
     def rebuild_from(self, params) -> None:
         """After the module was moved or cast (`.to`, `.half`), re-pack from the parameters."""
@@ -87,9 +95,10 @@ class RankPack:
         some = next(iter(self.used), None)
         device, dtype = (lora_A[some].device, lora_A[some].dtype) if some else (self.device, self.dtype)
         old_scale = self.scale.to(device=device, dtype=dtype)
-        self.A = torch.zeros(self.capacity, self.rank, self.a_cols, device=device, dtype=dtype)
-        self.B = torch.zeros(self.capacity, self.b_rows, self.rank, device=device, dtype=dtype)
+        self.A = torch.empty(self.capacity, self.rank, self.a_cols, device=device, dtype=dtype)
+        self.B = torch.empty(self.capacity, self.b_rows, self.rank, device=device, dtype=dtype)
         self.scale = old_scale
+        self._zero(0)
         for name, slot in self.used.items():
             self.A[slot] = lora_A[name].data
             self.B[slot] = lora_B[name].data

@@ -40,13 +40,26 @@ def mixed_rows(model, adapter_names: list[str], rows: int | None):
     if model.training:
         raise AdapterStateError("Mixed-adapter batches are for inference; call model.eval() first.")
     routing = model.routing
+    distinct = set(adapter_names)
+    if len(distinct) == 1:
+        # Every row shares one adapter (or none): the single-adapter path gives the same
+        # numbers without gathering per-row factors.
+        (only,) = distinct
+        saved = routing.active, routing.disabled
+        routing.active, routing.disabled = ((), True) if only == BASE_ROW else ((only,), False)
+        try:
+            yield
+        finally:
+            routing.active, routing.disabled = saved
+        return
     ids = [0 if n == BASE_ROW else routing.ids[n] for n in adapter_names]
-    device = _first_device(model)
-    routing.row_ids = torch.tensor(ids, dtype=torch.long, device=device)
+    routing.row_ids = torch.tensor(ids, dtype=torch.long, device=_first_device(model))
+    routing.row_names = frozenset(distinct)
     try:
         yield
     finally:
         routing.row_ids = None
+        routing.row_names = None
 
 
 def _first_device(model) -> torch.device:

@@ -93,7 +93,8 @@ def _sample(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().reshape(-1)
     count = min(_SAMPLES_PER_TENSOR, flat.numel())
     # Evenly spaced indices: deterministic, and they cover the whole tensor.
-    index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+    # float64: in float32, numel - 1 rounds up past the end for tensors over 2**24 elements.
+    index = torch.linspace(0, flat.numel() - 1, count, dtype=torch.float64, device=flat.device).long()
     values = flat.index_select(0, index).to(torch.float32).to(torch.bfloat16).to(torch.float32)
     return values.cpu().numpy().tobytes()
 

@@ -1,0 +1,102 @@
+"""`adapterkit store ...` through the real argument parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from store_helpers import FINGERPRINT_A, folder_bytes
+
+from adapterkit.cli.store_commands import SUBCOMMANDS
+from adapterkit.cli.store_commands import main as store_main
+from adapterkit.store import AdapterStore
+
+
+@pytest.fixture
+def cli(tmp_path, capsys):
+    root = str(tmp_path / "cli-store")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = store_main(["store", "--root", root, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.root = root
+    return run
+
+
+@pytest.mark.parametrize("subcommand", sorted(SUBCOMMANDS))
+def test_every_subcommand_has_help(subcommand, capsys):
+    with pytest.raises(SystemExit) as info:
+        store_main(["store", subcommand, "--help"])
+    assert info.value.code == 0
+    assert "usage: adapterkit store " + subcommand in capsys.readouterr().out
+
+
+def test_put_ls_get_tag_rm_round_trip(cli, make_folder, tmp_path):
+    source = make_folder(base=FINGERPRINT_A)
+    code, out, _ = cli("put", str(source), "math", "--meta", "em=0.8", "--meta", "data=abc", "--tag", "prod")
+    assert code == 0 and "stored math@1" in out and "tiny-base-a" in out
+    cli("put", str(make_folder()), "math")
+
+    code, out, _ = cli("ls")
+    assert code == 0 and "math@1" in out and "math@2" in out and "prod" in out and "2 stored version(s)" in out
+    code, out, _ = cli("ls", "--base", "tiny-base-a", "--json")
+    listed = json.loads(out)
+    assert [r["ref"] for r in listed] == ["math@1"]
+    assert listed[0]["metadata"] == {"em": 0.8, "data": "abc"}
+
+    code, out, _ = cli("get", "math@prod", str(tmp_path / "out"))
+    assert code == 0 and folder_bytes(tmp_path / "out") == folder_bytes(source)
+
+    assert cli("tag", "math@2", "prod")[0] == 0
+    assert json.loads(cli("ls", "--tag", "prod", "--json")[1])[0]["ref"] == "math@2"
+    assert cli("tag", "--delete", "math", "prod")[0] == 0
+
+    code, out, _ = cli("rm", "math@1")
+    assert code == 0 and "removed math@1" in out
+    code, out, _ = cli("gc", "--grace", "0")
+    assert code == 0 and "deleted 1 unreferenced file(s)" in out
+
+
+def test_errors_are_one_line_and_non_zero(cli, tmp_path):
+    code, out, err = cli("get", "missing@3", str(tmp_path / "o"))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("adapterkit store get: error: no adapter named 'missing'")
+    code, _, err = cli("put", str(tmp_path / "nope"), "x")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    code, _, err = cli("put", str(tmp_path), "bad name")
+    assert code == 2 and "not a valid adapter name" in err
+
+
+def test_verify_exits_non_zero_and_names_the_damaged_adapter(cli, make_folder):
+    cli("put", str(make_folder()), "fine")
+    cli("put", str(make_folder()), "broken")
+    assert cli("verify")[0] == 0
+    store = AdapterStore(cli.root)
+    record = store.resolve("broken")
+    weights = next(f for f in store.index.files(record) if f.path.endswith(".safetensors"))
+    store.blobs.path(weights.blob).write_bytes(b"x" * 10)
+    code, out, _ = cli("verify")
+    assert code == 1
+    assert "CORRUPT broken@1 adapter_model.safetensors" in out and "fine@1" not in out
+
+
+def test_du_export_import(cli, make_folder, tmp_path):
+    cli("put", str(make_folder(seed=1)), "a")
+    cli("put", str(make_folder(seed=1)), "b")  # identical: deduplicated
+    code, out, _ = cli("du", "--json")
+    usage = json.loads(out)
+    assert code == 0 and usage["versions"] == 2 and usage["dedupe_ratio"] == pytest.approx(2.0)
+    code, out, _ = cli("du")
+    assert code == 0 and "2.00x dedupe" in out
+    assert cli("export", str(tmp_path / "a.tar"), "a")[0] == 0
+    code, out, _ = cli("import", str(tmp_path / "a.tar"))
+    assert code == 0 and "imported 1 version(s): a@2" in out
+
+
+def test_main_cli_registers_store():
+    from adapterkit.cli.main import build_parser
+
+    args = build_parser().parse_args(["store", "ls", "--latest"])
+    assert args.store_command == "ls" and args.latest

@@ -13,6 +13,7 @@ import sys
 
 # name -> (help, module, add_arguments, run)
 COMMANDS = {
+    "train": ("train a LoRA adapter on JSONL data", "adapterkit.cli.train_command", "add_train", "run_train"),
     "inspect": ("describe an adapter folder", "adapterkit.cli.adapter_commands", "add_inspect", "run_inspect"),
     "verify": ("check an adapter against a base model and report every mismatch",
                "adapterkit.cli.adapter_commands", "add_verify", "run_verify"),

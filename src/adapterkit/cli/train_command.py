@@ -1,0 +1,58 @@
+"""`adapterkit train`: argument wiring for training.train."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="smollm2", help="base model: 'smollm2' (default), a local folder, or a hub id")
+    parser.add_argument("--data", required=True, help='JSONL file of {"prompt", "response"} or {"messages": [...]}')
+    parser.add_argument("--eval-data", help="held-out JSONL for exact-match evaluation after training")
+    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj",
+                        help="comma-separated module names, or 'all-linear' (default: attention projections)")
+    parser.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--alpha", type=float, default=16, help="LoRA alpha (default 16)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (default 8)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for init, order and dropout (default 0)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: final only)")
+    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint in --output")
+    parser.add_argument("--output", required=True, help="folder for the adapter (and checkpoints/)")
+
+
+def run_train(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from adapterkit.core.config import LoraConfig
+    from adapterkit.hf import load_base
+    from adapterkit.model.adapter_model import get_peft_model
+    from adapterkit.training.data import load_jsonl
+    from adapterkit.training.evaluate import exact_match
+    from adapterkit.training.trainer import TrainConfig, train
+
+    examples = load_jsonl(args.data)  # validate the data before the slow model load
+    held_out = load_jsonl(args.eval_data) if args.eval_data else None
+    torch.manual_seed(args.seed)
+    base, tokenizer = load_base(args.base)
+    targets = args.targets if args.targets == "all-linear" else [t.strip() for t in args.targets.split(",") if t.strip()]
+    model = get_peft_model(base, LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout,
+                                            target_modules=targets, task_type="CAUSAL_LM"))
+    model.print_trainable_parameters()
+    output = Path(args.output)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                         seed=args.seed, output_dir=str(output / "checkpoints"),
+                         checkpoint_every=args.checkpoint_every)
+    result = train(model, tokenizer, examples, config, resume_from="latest" if args.resume else None)
+    model.save_pretrained(output)
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s), "
+          f"final loss {result.losses[-1]:.4f}; adapter saved to {output}")
+    if held_out:
+        scored = exact_match(model, tokenizer, held_out)
+        print(f"held-out exact match: {scored.correct}/{scored.total} = {100 * scored.exact_match:.1f}%")
+    return 0

@@ -100,3 +100,16 @@ def test_main_cli_registers_store():
 
     args = build_parser().parse_args(["store", "ls", "--latest"])
     assert args.store_command == "ls" and args.latest
+
+
+def test_long_listings_print_aligned_plain_rows(cli, make_folder, monkeypatch):
+    from adapterkit.cli import store_commands
+
+    monkeypatch.setattr(store_commands, "_RICH_ROWS", 1)
+    cli("put", str(make_folder()), "p")
+    cli("put", str(make_folder()), "p")
+    code, out, _ = cli("ls")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "2 stored version(s)"
+    assert lines[1].split()[:3] == ["ref", "tags", "method"]
+    assert lines[3].startswith("p@1 ") and lines[4].startswith("p@2 ")

@@ -147,22 +147,49 @@ def _run_ls(args) -> int:
     if args.json:
         print(json.dumps([_record_dict(r) for r in shown], indent=1, sort_keys=True))
         return 0
+    title = f"{len(records)} stored version(s)" + (f", {len(shown)} shown" if shown != records else "")
+    rows = [_ls_row(r) for r in shown]
+    if len(rows) > _RICH_ROWS:
+        # rich measures every cell (about 1 ms a row): past a screenful, align columns directly.
+        _print_plain_table(title, _LS_COLUMNS, rows)
+        return 0
     from rich.table import Table
 
-    table = Table(title=f"{len(records)} stored version(s)" + (f", {len(shown)} shown" if shown != records else ""))
-    for column in ("ref", "tags", "method", "rank", "alpha", "targets", "params", "size", "base", "created"):
-        table.add_column(column, justify="right" if column in ("rank", "alpha", "params", "size") else "left",
-                         no_wrap=column != "targets")
-    for r in shown:
-        s = r.summary
-        targets = s.targets if isinstance(s.targets, str) or s.targets is None else ",".join(s.targets)
-        table.add_row(
-            r.ref, ",".join(r.tags), s.method, str(s.rank or ""), _number(s.alpha), str(targets or ""),
-            f"{s.parameter_count:,d}", _size(s.bytes), (r.base.name or r.base.fingerprint[:12]) if r.base else "",
-            datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"),
-        )
+    table = Table(title=title)
+    for column in _LS_COLUMNS:
+        table.add_column(column, justify="right" if column in _RIGHT else "left", no_wrap=column != "targets")
+    for row in rows:
+        table.add_row(*row)
     _console().print(table)
     return 0
+
+
+_LS_COLUMNS = ("ref", "tags", "method", "rank", "alpha", "targets", "params", "size", "base", "created")
+_RIGHT = ("rank", "alpha", "params", "size")
+_RICH_ROWS = 500
+
+
+def _ls_row(r) -> tuple[str, ...]:
+    s = r.summary
+    targets = s.targets if isinstance(s.targets, str) or s.targets is None else ",".join(s.targets)
+    return (
+        r.ref, ",".join(r.tags), s.method, str(s.rank or ""), _number(s.alpha), str(targets or ""),
+        f"{s.parameter_count:,d}", _size(s.bytes), (r.base.name or r.base.fingerprint[:12]) if r.base else "",
+        datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def _print_plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+
+    def line(cells) -> str:
+        return "  ".join(
+            cell.rjust(w) if col in _RIGHT else cell.ljust(w) for cell, w, col in zip(cells, widths, columns)
+        ).rstrip()
+
+    out = [title, line(columns), "  ".join("-" * w for w in widths)]
+    out.extend(line(row) for row in rows)
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 def _run_put(args) -> int:

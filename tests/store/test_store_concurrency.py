@@ -153,3 +153,21 @@ def test_gc_in_another_process_spares_the_blobs_of_a_put_in_progress(tmp_path):
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert store.gc(grace_s=0).blobs_deleted == 2  # the holder is dead now
+
+
+def test_threads_sharing_one_store_object(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = AdapterStore(tmp_path / "store")
+    folders = [write_peft_folder(tmp_path / f"t{i}", i) for i in range(4)]
+
+    def work(i: int) -> list[str]:
+        refs = [store.put(folders[i], f"thread-{i % 2}").ref for _ in range(5)]
+        for ref in refs:
+            store.get(ref, tmp_path / "out" / f"{i}-{ref.replace('@', '_')}")
+        return refs
+
+    with ThreadPoolExecutor(4) as pool:
+        refs = [ref for chunk in pool.map(work, range(4)) for ref in chunk]
+    assert sorted(refs) == sorted(r.ref for r in store.ls()) and len(set(refs)) == 20
+    assert store.verify().ok

@@ -145,7 +145,7 @@ def _run_ls(args) -> int:
     records = _store(args).ls(args.name, base=args.base, tag=args.tag, latest_only=args.latest)
     shown = records[: args.limit] if args.limit is not None else records
     if args.json:
-        print(json.dumps([_record_dict(r) for r in shown], indent=1, sort_keys=True))
+        print(json.dumps([_record_dict(r) for r in shown]))
         return 0
     title = f"{len(records)} stored version(s)" + (f", {len(shown)} shown" if shown != records else "")
     rows = [_ls_row(r) for r in shown]
@@ -312,12 +312,15 @@ def _metadata(entries: list[str], raw_json: str | None) -> dict:
 
 
 def _record_dict(record) -> dict:
-    from dataclasses import asdict
-
+    # Plain dicts, not dataclasses.asdict: asdict deep-copies and costs most of `ls --json` at 10k rows.
+    s, b = record.summary, record.base
     return {
         "ref": record.ref, "name": record.name, "version": record.version, "tags": list(record.tags),
-        "created_at": record.created_at, "summary": asdict(record.summary),
-        "base": asdict(record.base) if record.base else None, "metadata": record.metadata,
+        "created_at": record.created_at,
+        "summary": {"method": s.method, "rank": s.rank, "alpha": s.alpha, "targets": s.targets,
+                    "parameter_count": s.parameter_count, "bytes": s.bytes, "adapters": s.adapters},
+        "base": {"name": b.name, "fingerprint": b.fingerprint, "architecture": b.architecture} if b else None,
+        "metadata": record.metadata,
     }
 
 

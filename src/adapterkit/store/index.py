@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -164,8 +165,7 @@ class SQLiteIndex:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self.durable = durable
-        self._conn: sqlite3.Connection | None = None
-        self._pid = -1
+        self._local = threading.local()  # one connection per thread, and per process after fork
         with self._write() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -180,16 +180,16 @@ class SQLiteIndex:
 
     # --- connection and transactions -------------------------------------
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
             # A connection must not cross fork(); the child opens its own.
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -203,9 +203,11 @@ class SQLiteIndex:
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        """Close this thread's connection (others close when their thread's objects go)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
 
     # --- leases ------------------------------------------------------------
     def begin_lease(self, blobs: Collection[str], ttl: float) -> str:
@@ -282,8 +284,8 @@ class SQLiteIndex:
             clauses.append("name GLOB ?" if any(c in name for c in "*?[") else "name = ?")
             params.append(name)
         if base:
-            clauses.append("(base_name = ? OR base_fingerprint LIKE ? || '%')")
-            params += [base, base]
+            clauses.append("(base_name = ? OR substr(base_fingerprint, 1, length(?)) = ?)")
+            params += [base, base, base]
         if tag:
             clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.name = v.name AND t.version = v.version AND t.tag = ?)")
             params.append(tag)

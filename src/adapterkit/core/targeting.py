@@ -147,9 +147,10 @@ def _check_coverage(model, config, found, used_entries) -> None:
 
 def _closest(model: nn.Module, target) -> str:
     wanted = [target] if isinstance(target, str) else list(target)
+    # Only modules LoRA can adapt: suggesting a block or an activation would not help.
     candidates: dict[str, str] = {}
     for name, module in model.named_modules():
-        if name:
+        if name and module_kind(module):
             candidates.setdefault(name.split(".")[-1], type(module).__name__)
             candidates.setdefault(name, type(module).__name__)
     picks: list[str] = []

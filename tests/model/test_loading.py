@@ -1,0 +1,243 @@
+"""load_adapter / from_pretrained: checked before anything changes, typed errors, overwrite rules."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from adapterkit import (
+    AdapterConfigError,
+    AdapterExistsError,
+    AdapterKeyMismatchError,
+    AdapterModel,
+    AdapterShapeMismatchError,
+    BaseModelMismatchError,
+    LoraConfig,
+    TargetModulesError,
+    get_peft_model,
+)
+from helpers import logits, max_diff, randomize_adapter, tiny_llama
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A non-trivial r=4 adapter on q_proj/v_proj of the seed-0 tiny Llama, and its logits."""
+    folder = tmp_path_factory.mktemp("adapters") / "r4"
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    randomize_adapter(model, seed=21)
+    model.save_pretrained(folder)
+    return folder, logits(model)
+
+
+def copy_folder(src, dst, edit_tensors=None, edit_config=None):
+    dst.mkdir(parents=True)
+    config = json.loads((src / "adapter_config.json").read_text())
+    tensors = load_file(str(src / WEIGHTS))
+    if edit_config:
+        edit_config(config)
+    if edit_tensors:
+        edit_tensors(tensors)
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    from safetensors import safe_open
+
+    with safe_open(str(src / WEIGHTS), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, str(dst / WEIGHTS), metadata=metadata)
+    return dst
+
+
+def state_of(model):
+    return (
+        logits(model),
+        {n: p.detach().clone() for n, p in model.named_parameters()},
+        {n: (p.requires_grad, p.dtype) for n, p in model.named_parameters()},
+        {n: c.to_json() for n, c in model.peft_config.items()},
+        list(model.active_adapters),
+        [n for n, _ in model.named_modules()],
+    )
+
+
+def assert_same_state(before, after):
+    out_b, params_b, flags_b, configs_b, active_b, modules_b = before
+    out_a, params_a, flags_a, configs_a, active_a, modules_a = after
+    assert torch.equal(out_a, out_b)
+    assert list(params_a) == list(params_b)
+    assert all(torch.equal(params_a[n], params_b[n]) for n in params_b)
+    assert flags_a == flags_b and configs_a == configs_b and active_a == active_b and modules_a == modules_b
+
+
+def test_from_pretrained_reproduces_outputs(saved):
+    folder, expected = saved
+    model = AdapterModel.from_pretrained(tiny_llama(), folder)
+    assert max_diff(logits(model), expected) == 0.0
+    assert model.active_adapters() == ["default"]
+    assert model.peft_config["default"].r == 4
+    assert not any(p.requires_grad for p in model.parameters())  # is_trainable=False by default
+    assert model.peft_config["default"].inference_mode is True
+
+
+def test_from_pretrained_with_name_and_trainable(saved):
+    folder, expected = saved
+    model = AdapterModel.from_pretrained(tiny_llama(), folder, adapter_name="mine", is_trainable=True)
+    assert model.active_adapters == ["mine"] and list(model.peft_config) == ["mine"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A.mine", "lora_B.mine")) for n in trainable)
+    assert max_diff(logits(model), expected) == 0.0
+
+
+def test_load_into_a_fresh_no_op_adapter_of_the_same_name(saved):
+    """The seed example's pattern: get_peft_model, then load_adapter(..., 'default')."""
+    folder, expected = saved
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model.load_adapter(folder, adapter_name="default")
+    assert max_diff(logits(model), expected) == 0.0
+
+
+def test_load_over_a_trained_adapter_is_refused_with_both_ways_out(saved):
+    folder, _ = saved
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    before = state_of(model)
+    with pytest.raises(AdapterExistsError) as info:
+        model.load_adapter(folder, adapter_name="default")
+    message = str(info.value)
+    assert "'default'" in message and "adapter_name" in message and "overwrite=True" in message
+    assert_same_state(before, state_of(model))
+
+
+def test_overwrite_rereads_the_config_from_disk(saved):
+    folder, expected = saved
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, lora_alpha=2, target_modules=["k_proj"],
+                                                    init_lora_weights=False))
+    model.load_adapter(folder, adapter_name="default", overwrite=True)
+    config = model.peft_config["default"]
+    assert config.r == 4 and config.target_modules == ["q_proj", "v_proj"]
+    assert max_diff(logits(model), expected) == 0.0
+    assert not hasattr(model.model.model.layers[0].self_attn.k_proj, "lora")
+
+
+def test_load_under_a_second_name_keeps_the_first(saved):
+    folder, expected = saved
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["k_proj"], init_lora_weights=False))
+    first = logits(model)
+    model.load_adapter(folder, adapter_name="second")
+    assert model.active_adapters == ["default"]
+    assert max_diff(logits(model), first) == 0.0
+    model.set_adapter("second")
+    assert max_diff(logits(model), expected) == 0.0
+
+
+def _loaded_model(saved):
+    folder, _ = saved
+    model = AdapterModel.from_pretrained(tiny_llama(), folder, adapter_name="good")
+    return model
+
+
+def _wrong_shapes(tensors):
+    key = next(k for k in sorted(tensors) if k.endswith("q_proj.lora_A.weight"))
+    tensors[key] = torch.zeros(3, tensors[key].shape[1])
+
+
+def _drop_one(tensors):
+    del tensors[next(k for k in sorted(tensors) if k.endswith("v_proj.lora_B.weight"))]
+
+
+def _add_one(tensors):
+    tensors["base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight"] = torch.zeros(4, 16)
+
+
+@pytest.mark.parametrize("edit, error, words", [
+    (_wrong_shapes, AdapterShapeMismatchError, ["model.layers.0.self_attn.q_proj", "expected [4, 16]", "found [3, 16]",
+                                                "LlamaForCausalLM, fingerprint"]),
+    (_drop_one, AdapterKeyMismatchError, ["1 missing key", "v_proj.lora_B.weight", "target_modules"]),
+    (_add_one, AdapterKeyMismatchError, ["1 unexpected key", "o_proj.lora_A.weight"]),
+])
+@pytest.mark.parametrize("name, overwrite", [("new", False), ("good", True)])
+def test_failed_load_leaves_the_model_exactly_as_before(saved, tmp_path, edit, error, words, name, overwrite):
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_tensors=edit)
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(error) as info:
+        model.load_adapter(bad, adapter_name=name, overwrite=overwrite)
+    message = str(info.value)
+    assert str(bad / WEIGHTS) in message
+    for word in words:
+        assert word in message, (word, message)
+    assert_same_state(before, state_of(model))
+
+
+def test_shape_mismatch_from_another_base_names_module_and_recorded_base(saved):
+    folder, _ = saved
+    torch.manual_seed(0)
+    wider = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fingerprint differs too
+        with pytest.raises(AdapterShapeMismatchError) as info:
+            AdapterModel.from_pretrained(wider, folder)
+    message = str(info.value)
+    assert "model.layers.0.self_attn.q_proj (A): expected [4, 32], found [4, 16]" in message
+    assert "its file records base" in message
+
+
+def test_config_targeting_nothing_in_this_model(saved, tmp_path):
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_config=lambda c: c.update(target_modules=["c_attn"]))
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(TargetModulesError) as info:
+        model.load_adapter(bad, adapter_name="x")
+    assert "c_attn" in str(info.value) and "(Linear)" in str(info.value)
+    assert_same_state(before, state_of(model))
+
+
+def test_config_missing_r_is_refused_before_loading(saved, tmp_path):
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_config=lambda c: c.pop("r"))
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(AdapterConfigError, match="lacks r"):
+        model.load_adapter(bad, adapter_name="x")
+    assert_same_state(before, state_of(model))
+
+
+def test_missing_and_truncated_files_leave_the_model_alone(saved, tmp_path):
+    from adapterkit import AdapterFolderNotFoundError, CorruptAdapterFileError
+
+    folder, _ = saved
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(AdapterFolderNotFoundError):
+        model.load_adapter(tmp_path / "missing", adapter_name="x")
+    bad = copy_folder(folder, tmp_path / "bad")
+    (bad / WEIGHTS).write_bytes((bad / WEIGHTS).read_bytes()[:100])
+    with pytest.raises(CorruptAdapterFileError):
+        model.load_adapter(bad, adapter_name="good", overwrite=True)
+    assert_same_state(before, state_of(model))
+
+
+def test_other_base_warns_and_strict_base_refuses(saved):
+    folder, expected = saved
+    with pytest.warns(UserWarning, match="trained on base"):
+        AdapterModel.from_pretrained(tiny_llama(seed=1), folder)
+    with pytest.raises(BaseModelMismatchError):
+        AdapterModel.from_pretrained(tiny_llama(seed=1), folder, strict_base=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AdapterModel.from_pretrained(tiny_llama(), folder)  # the same base: silent
+
+
+def test_wrapping_a_model_that_already_carries_adapters_is_refused(saved):
+    from adapterkit import AdapterStateError
+
+    folder, _ = saved
+    model = AdapterModel.from_pretrained(tiny_llama(), folder)
+    with pytest.raises(AdapterStateError):
+        AdapterModel(model.get_base_model())

@@ -262,9 +262,10 @@ class AdapterModel(nn.Module):
                 f"An adapter named {adapter_name!r} is already loaded and holds trained weights. "
                 f"Load under another name (adapter_name=...), or pass overwrite=True to replace it."
             )
-        # Plan against the model without the adapter being replaced (its modules_to_save
-        # wrappers included), so a same-name reload sees the same layout a fresh load would.
-        plan = self._plan_without(adapter_name, config, files)
+        # Every key and shape is checked here, before the model changes. (A same-name
+        # adapter being replaced targets the same modules, so planning with it still
+        # attached sees the layout a fresh load would.)
+        plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded)
         was_active = adapter_name in self.routing.active
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)
@@ -272,10 +273,6 @@ class AdapterModel(nn.Module):
         self.add_adapter(adapter_name, config, trainable=is_trainable,
                          _activate=True if was_active else None)
         self._fill(adapter_name, plan)
-
-    def _plan_without(self, adapter_name: str, config: LoraConfig, files) -> LoadPlan:
-        source = str(files.weights_path)
-        return plan_load(self.model, config, files.tensors, source, BaseFingerprint.from_metadata(files.metadata))
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
         if recorded is None or recorded.digest == self.base_fingerprint.digest:

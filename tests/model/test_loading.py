@@ -241,3 +241,34 @@ def test_wrapping_a_model_that_already_carries_adapters_is_refused(saved):
     model = AdapterModel.from_pretrained(tiny_llama(), folder)
     with pytest.raises(AdapterStateError):
         AdapterModel(model.get_base_model())
+
+
+def test_seq_cls_no_op_adapter_can_be_loaded_over(tmp_path):
+    """A fresh adapter's classifier copy equals the original: still a no-op, so the seed
+    pattern (get_peft_model, then load_adapter into 'default') works for SEQ_CLS too."""
+    from helpers import tiny_bert
+
+    config = dict(r=2, lora_alpha=4, target_modules=["query"], task_type="SEQ_CLS")
+    trained = get_peft_model(tiny_bert(), LoraConfig(**config))
+    randomize_adapter(trained, seed=3)
+    trained.save_pretrained(tmp_path / "cls")
+    model = get_peft_model(tiny_bert(), LoraConfig(**config))
+    model.load_adapter(tmp_path / "cls", adapter_name="default")
+    assert max_diff(logits(model), logits(trained)) == 0.0
+    # Only the head trained (LoRA still zero): no longer a no-op, so it is protected.
+    touched = get_peft_model(tiny_bert(), LoraConfig(**config))
+    with torch.no_grad():
+        touched.model.classifier.modules_to_save["default"].bias.add_(1.0)
+    with pytest.raises(AdapterExistsError):
+        touched.load_adapter(tmp_path / "cls", adapter_name="default")
+
+
+def test_unknown_config_field_on_load_warns_exactly_once(saved, tmp_path):
+    folder, expected = saved
+    newer = copy_folder(folder, tmp_path / "newer", edit_config=lambda c: c.update(some_future_option=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = AdapterModel.from_pretrained(tiny_llama(), newer)
+    relevant = [w for w in caught if "some_future_option" in str(w.message)]
+    assert len(relevant) == 1 and len(caught) == 1, [str(w.message) for w in caught]
+    assert max_diff(logits(model), expected) == 0.0

@@ -164,3 +164,12 @@ def test_tied_lm_head_merge_with_untie_weights():
     plain = model.merge_and_unload()
     assert torch.equal(plain.model.embed_tokens.weight, embedding)
     assert max_diff(logits(plain), expected) < 1e-5
+
+
+def test_deleting_a_merged_adapter_unmerges_it_first():
+    model = adapted()
+    model.add_adapter("other", LoraConfig(r=2, target_modules=["k_proj"]))
+    model.merge_adapter()
+    model.delete_adapter("default")
+    assert model.merged_adapters == []
+    assert max_diff(logits(model), logits(tiny_llama())) < 1e-6

@@ -288,8 +288,11 @@ class AdapterModel(nn.Module):
 
     def _is_noop(self, adapter_name: str) -> bool:
         loras = [l for l in lora_modules(self.model).values() if l.has(adapter_name)]
-        return all(l.is_noop(adapter_name) for l in loras) and not any(
-            adapter_name in w.modules_to_save for w in saved_wrappers(self.model).values())
+        # A modules_to_save copy is a no-op while it still equals the module it copied.
+        copies_untouched = all(
+            _same_state(w.modules_to_save[adapter_name], w.original_module)
+            for w in saved_wrappers(self.model).values() if adapter_name in w.modules_to_save)
+        return copies_untouched and all(l.is_noop(adapter_name) for l in loras)
 
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
@@ -412,6 +415,11 @@ class AdapterModel(nn.Module):
         line = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
         print(line)
         return line
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _check_name(name: str) -> None:

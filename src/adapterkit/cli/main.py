@@ -13,6 +13,8 @@ import sys
 
 # name -> (help, module, add_arguments, run)
 COMMANDS = {
+    "demo": ("train two adapters on the embedded SmolLM2 and show the whole workflow",
+             "adapterkit.cli.demo_command", "add_demo", "run_demo"),
     "train": ("train a LoRA adapter on JSONL data", "adapterkit.cli.train_command", "add_train", "run_train"),
     "inspect": ("describe an adapter folder", "adapterkit.cli.adapter_commands", "add_inspect", "run_inspect"),
     "verify": ("check an adapter against a base model and report every mismatch",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from adapterkit.errors import AdapterWeightsNotFoundError
+from adapterkit.errors import AdapterFolderNotFoundError, AdapterWeightsNotFoundError
 from adapterkit.io.folder import LEGACY_BIN_NAME, SAFETENSORS_NAME, adapter_subfolders, read_legacy_bin
 
 
@@ -34,6 +34,8 @@ def convert_bin_to_safetensors(folder: str | Path, delete_bin: bool = False) -> 
 def convert_folder(folder: str | Path, delete_bin: bool = False) -> list[Path]:
     """Convert the root adapter and every sub-folder adapter that still has a .bin."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterFolderNotFoundError(f"Adapter folder {folder} does not exist; pass the folder holding {LEGACY_BIN_NAME}.")
     candidates = [folder] + [folder / name for name in adapter_subfolders(folder)]
     todo = [c for c in candidates if (c / LEGACY_BIN_NAME).is_file()]
     if not todo:

@@ -39,7 +39,7 @@ WRAPPED_WEIGHT = "base_layer.weight"
 class Slot:
     """What one on-disk tensor is, in memory terms."""
 
-    role: str  # "A", "B", "saved" (a modules_to_save parameter), "bias" or "base_weight"
+    role: str  # "A", "B", "saved" (a modules_to_save parameter), "bias", "base_weight" or "ignored"
     module: str  # the module's path in the user's model
     param: str = ""  # for "saved": the parameter name inside the module
 

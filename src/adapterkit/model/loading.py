@@ -107,6 +107,16 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
         key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
         if key in tensors:
             optional[key] = (keys.Slot("base_weight", target.name), tuple(target.module.weight.shape))
+    # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
+    # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
+    # (the head the adapter replaces): accepted, and not used.
+    if config.bias == "all":
+        for path in saved_modules:
+            for param, tensor in _original(model, path).state_dict().items():
+                for inner in ("modules_to_save", "original_module"):
+                    key = f"{keys.PREFIX}{path}.{inner}.{param}"
+                    if param.endswith("bias") and key in tensors:
+                        optional[key] = (keys.Slot("ignored", path, param), tuple(tensor.shape))
     expected.update(optional)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
@@ -143,7 +153,7 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
             plan.saved.setdefault(slot.module, {})[slot.param] = tensor
         elif slot.role == "base_weight":
             plan.base_weights[slot.module] = tensor
-        else:
+        elif slot.role == "bias":
             plan.biases[slot.module] = tensor
     return plan
 

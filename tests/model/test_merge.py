@@ -173,3 +173,14 @@ def test_deleting_a_merged_adapter_unmerges_it_first():
     model.delete_adapter("default")
     assert model.merged_adapters == []
     assert max_diff(logits(model), logits(tiny_llama())) < 1e-6
+
+
+def test_tied_gpt2_embedding_merge_is_refused():
+    """GPT-2 ties wte to lm_head: merging into wte would change the head as well."""
+    from helpers import tiny_gpt2
+
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=2, target_modules=["wte"], init_lora_weights=False))
+    weights = base_weights(model)
+    with pytest.raises(AdapterStateError, match="lm_head"):
+        model.merge_adapter()
+    assert all(torch.equal(p, weights[n]) for n, p in base_weights(model).items())

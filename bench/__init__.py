@@ -1,0 +1,1 @@
+"""adapterkit benchmarks: `make bench` (python -m bench.run). Ratios, not pass/fail timings."""

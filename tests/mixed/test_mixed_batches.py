@@ -16,10 +16,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from adapterkit import AdapterModel, AdapterStateError, UnknownAdapterError
 
-ADAPTERS = {  # name -> (r, lora_alpha, use_rslora)
-    "a": (4, 8, False),
-    "b": (8, 4, True),
-    "c": (2, 16, False),
+ADAPTERS = {  # name -> (r, lora_alpha, use_rslora, also adapt the token embedding)
+    "a": (4, 8, False, False),
+    "b": (8, 4, True, False),
+    "c": (2, 16, False, False),
+    "d": (4, 8, False, True),
 }
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
@@ -39,20 +40,21 @@ def _tiny_gpt2():
     return GPT2LMHeadModel(config)
 
 
-def _build(make_base, targets, tmp_path_factory):
-    """(adapterkit model, PEFT model), both holding adapters a, b, c loaded from the same folders."""
+def _build(make_base, targets, embedding, tmp_path_factory):
+    """(adapterkit model, PEFT model), both holding adapters a-d loaded from the same folders."""
     torch.manual_seed(0)
     base = make_base().eval()
     root = tmp_path_factory.mktemp("adapters")
-    for name, (r, alpha, rslora) in ADAPTERS.items():
-        torch.manual_seed(hash(name) % 1000)
-        config = peft.LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=targets,
+    for name, (r, alpha, rslora, with_embedding) in ADAPTERS.items():
+        torch.manual_seed(ord(name))
+        config = peft.LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora,
+                                 target_modules=targets + [embedding] * with_embedding,
                                  init_lora_weights=False, fan_in_fan_out=make_base is _tiny_gpt2)
         made = peft.get_peft_model(copy.deepcopy(base), config)
         made.save_pretrained(root / name)
     reference = peft.PeftModel.from_pretrained(copy.deepcopy(base), root / "a", adapter_name="a")
     ours = AdapterModel.from_pretrained(copy.deepcopy(base), root / "a", adapter_name="a")
-    for name in ("b", "c"):
+    for name in ("b", "c", "d"):
         reference.load_adapter(root / name, adapter_name=name)
         ours.load_adapter(root / name, adapter_name=name)
     return ours.eval(), reference.eval(), base
@@ -61,11 +63,11 @@ def _build(make_base, targets, tmp_path_factory):
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def models(request, tmp_path_factory):
     if request.param == "llama":
-        return _build(_tiny_llama, LLAMA_TARGETS, tmp_path_factory)
-    return _build(_tiny_gpt2, GPT2_TARGETS, tmp_path_factory)
+        return _build(_tiny_llama, LLAMA_TARGETS, "embed_tokens", tmp_path_factory)
+    return _build(_tiny_gpt2, GPT2_TARGETS, "wte", tmp_path_factory)
 
 
-NAMES = ["a", "__base__", "b", "c", "a", "b"]
+NAMES = ["a", "__base__", "b", "c", "d", "a", "b"]
 
 
 def _inputs(rows: int, length: int = 7, left_pad: bool = True):
@@ -153,7 +155,7 @@ def test_generate_logits_match_peft(models):
 @torch.no_grad()
 def test_beam_search_matches_peft(models):
     ours, reference, _ = models
-    names = ["c", "a", "__base__"]
+    names = ["c", "a", "__base__", "d"]
     inputs = _inputs(len(names))
     settings = dict(max_new_tokens=5, num_beams=3, do_sample=False, use_cache=True, pad_token_id=0)
     got = ours.generate(**inputs, adapter_names=names, **settings)

@@ -215,7 +215,6 @@ class LoraAdapters(nn.Module):
                 table = self._slot_tables[rank]
             slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,)
-            Bt = pack.B.index_select(0, slots).transpose(1, 2)  # (rows, r, out)
             if self.kind == "embedding":
                 # A: (cap, r, V); pick column x[b, t] of row b's A -> (rows, T, r)
                 h = pack.A.transpose(1, 2)[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
@@ -223,10 +222,20 @@ class LoraAdapters(nn.Module):
                 At = pack.A.index_select(0, slots).transpose(1, 2)  # (rows, in, r)
                 h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
             h = h * scale.view(-1, 1, 1)
-            if inplace:
-                out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
+            if out.shape[1] == 1:
+                # One token per row (decode): row b's output is the h-weighted sum of the r rows
+                # of its Bt slot, read in place: embedding_bag over Bt viewed as (cap * r, out).
+                rows_of_B = slots.view(-1, 1) * rank + torch.arange(rank, device=slots.device)  # (rows, r)
+                part = F.embedding_bag(rows_of_B, pack.Bt.view(-1, self.out_features),
+                                       per_sample_weights=h.view(rows, rank), mode="sum")  # (rows, out)
+                part = part.view(rows, 1, self.out_features)
+                out = out.add_(part) if inplace else out + part.to(out.dtype)
             else:
-                out = out + torch.bmm(h, Bt).to(out.dtype)
+                Bt = pack.Bt.index_select(0, slots)  # (rows, r, out)
+                if inplace:
+                    out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
+                else:
+                    out = out + torch.bmm(h, Bt).to(out.dtype)
         return out.view_as(result)
 
     def packs_dtype(self) -> torch.dtype:

@@ -29,7 +29,10 @@ class RankPack:
         self.b_rows = b_rows  # out_features (or embedding_dim)
         self.capacity = 0
         self.A = torch.zeros(0, rank, a_cols, device=device, dtype=dtype)  # (cap, r, in)
-        self.B = torch.zeros(0, b_rows, rank, device=device, dtype=dtype)  # (cap, out, r)
+        # B is stored transposed, (cap, r, out): a mixed decode step then reads each row's
+        # B as r contiguous rows of length out (an embedding_bag), with no gathered copy.
+        # Each adapter's B parameter is the (out, r) transposed view, PEFT's shape.
+        self.Bt = torch.zeros(0, rank, b_rows, device=device, dtype=dtype)  # (cap, r, out)
         self.scale = torch.zeros(0, device=device, dtype=dtype)  # (cap,)
         self.free: list[int] = []
         self.used: dict[str, int] = {}  # adapter name -> slot
@@ -44,19 +47,24 @@ class RankPack:
     def dtype(self) -> torch.dtype:
         return self.A.dtype
 
+    @property
+    def B(self) -> torch.Tensor:
+        """(cap, out, r): a view of the transposed storage."""
+        return self.Bt.transpose(1, 2)
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.A, self.B, self.scale))
+        return sum(t.numel() * t.element_size() for t in (self.A, self.Bt, self.scale))
 
     def _grow(self, new_capacity: int, params=None) -> None:
         """Reallocate to `new_capacity` slots and re-point the adapters' parameters."""
         # empty, not zeros: writing the spare slots would make them resident.
         A = self.A.new_empty(new_capacity, self.rank, self.a_cols)
-        B = self.B.new_empty(new_capacity, self.b_rows, self.rank)
+        Bt = self.Bt.new_empty(new_capacity, self.rank, self.b_rows)
         scale = self.scale.new_empty(new_capacity)
         A[: self.capacity] = self.A
-        B[: self.capacity] = self.B
+        Bt[: self.capacity] = self.Bt
         scale[: self.capacity] = self.scale
-        self.A, self.B, self.scale = A, B, scale
+        self.A, self.Bt, self.scale = A, Bt, scale
         for slot in range(self.capacity, new_capacity):
             heapq.heappush(self.free, slot)  # a min-heap: the lowest free slot goes first
         self.capacity = new_capacity
@@ -86,7 +94,7 @@ class RankPack:
 
     def _zero(self, slot: int) -> None:
         self.A[slot].zero_()
-        self.B[slot].zero_()
+        self.Bt[slot].zero_()
         self.scale[slot] = 0
 
     def rebuild_from(self, params) -> None:
@@ -96,7 +104,7 @@ class RankPack:
         device, dtype = (lora_A[some].device, lora_A[some].dtype) if some else (self.device, self.dtype)
         old_scale = self.scale.to(device=device, dtype=dtype)
         self.A = torch.empty(self.capacity, self.rank, self.a_cols, device=device, dtype=dtype)
-        self.B = torch.empty(self.capacity, self.b_rows, self.rank, device=device, dtype=dtype)
+        self.Bt = torch.empty(self.capacity, self.rank, self.b_rows, device=device, dtype=dtype)
         self.scale = old_scale
         self._zero(0)
         for name, slot in self.used.items():

@@ -215,16 +215,23 @@ class LoraAdapters(nn.Module):
                 table = self._slot_tables[rank]
             slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,)
+            one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
             if self.kind == "embedding":
-                # A: (cap, r, V); pick column x[b, t] of row b's A -> (rows, T, r)
-                h = pack.A.transpose(1, 2)[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
+                # At: (cap, V, r); row x[b, t] of row b's At -> (rows, T, r)
+                h = pack.At[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
+            elif one_token:
+                # Row b's h is the x[b]-weighted sum of the `in` rows of its At slot:
+                # embedding_bag over At viewed as (cap * in, r).
+                rows_of_A = slots.view(-1, 1) * self.in_features + torch.arange(self.in_features, device=slots.device)
+                h = F.embedding_bag(rows_of_A, pack.At.view(-1, rank), mode="sum",
+                                    per_sample_weights=x.reshape(rows, -1).to(pack.dtype))  # (rows, r)
             else:
-                At = pack.A.index_select(0, slots).transpose(1, 2)  # (rows, in, r)
+                At = pack.At.index_select(0, slots)  # (rows, in, r)
                 h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
-            h = h * scale.view(-1, 1, 1)
-            if out.shape[1] == 1:
-                # One token per row (decode): row b's output is the h-weighted sum of the r rows
-                # of its Bt slot, read in place: embedding_bag over Bt viewed as (cap * r, out).
+            h = h.reshape(rows, -1, rank) * scale.view(-1, 1, 1)  # (rows, T, r)
+            if one_token:
+                # Row b's output is the h[b]-weighted sum of the r rows of its Bt slot:
+                # embedding_bag over Bt viewed as (cap * r, out).
                 rows_of_B = slots.view(-1, 1) * rank + torch.arange(rank, device=slots.device)  # (rows, r)
                 part = F.embedding_bag(rows_of_B, pack.Bt.view(-1, self.out_features),
                                        per_sample_weights=h.view(rows, rank), mode="sum")  # (rows, out)

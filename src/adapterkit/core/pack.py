@@ -28,10 +28,11 @@ class RankPack:
         self.a_cols = a_cols  # in_features (or num_embeddings)
         self.b_rows = b_rows  # out_features (or embedding_dim)
         self.capacity = 0
-        self.A = torch.zeros(0, rank, a_cols, device=device, dtype=dtype)  # (cap, r, in)
-        # B is stored transposed, (cap, r, out): a mixed decode step then reads each row's
-        # B as r contiguous rows of length out (an embedding_bag), with no gathered copy.
-        # Each adapter's B parameter is the (out, r) transposed view, PEFT's shape.
+        # Both factors are stored transposed: At (cap, in, r) and Bt (cap, r, out). A mixed
+        # decode step then reads each row's factors in place as contiguous rows (two
+        # embedding_bags, see LoraAdapters._mixed_delta) instead of gathering copies.
+        # Each adapter's parameters are transposed views, in PEFT's shapes (r, in), (out, r).
+        self.At = torch.zeros(0, a_cols, rank, device=device, dtype=dtype)  # (cap, in, r)
         self.Bt = torch.zeros(0, rank, b_rows, device=device, dtype=dtype)  # (cap, r, out)
         self.scale = torch.zeros(0, device=device, dtype=dtype)  # (cap,)
         self.free: list[int] = []
@@ -41,11 +42,16 @@ class RankPack:
 
     @property
     def device(self) -> torch.device:
-        return self.A.device
+        return self.At.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.A.dtype
+        return self.At.dtype
+
+    @property
+    def A(self) -> torch.Tensor:
+        """(cap, r, in): a view of the transposed storage."""
+        return self.At.transpose(1, 2)
 
     @property
     def B(self) -> torch.Tensor:
@@ -53,18 +59,18 @@ class RankPack:
         return self.Bt.transpose(1, 2)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.A, self.Bt, self.scale))
+        return sum(t.numel() * t.element_size() for t in (self.At, self.Bt, self.scale))
 
     def _grow(self, new_capacity: int, params=None) -> None:
         """Reallocate to `new_capacity` slots and re-point the adapters' parameters."""
         # empty, not zeros: writing the spare slots would make them resident.
-        A = self.A.new_empty(new_capacity, self.rank, self.a_cols)
+        At = self.At.new_empty(new_capacity, self.a_cols, self.rank)
         Bt = self.Bt.new_empty(new_capacity, self.rank, self.b_rows)
         scale = self.scale.new_empty(new_capacity)
-        A[: self.capacity] = self.A
+        At[: self.capacity] = self.At
         Bt[: self.capacity] = self.Bt
         scale[: self.capacity] = self.scale
-        self.A, self.Bt, self.scale = A, Bt, scale
+        self.At, self.Bt, self.scale = At, Bt, scale
         for slot in range(self.capacity, new_capacity):
             heapq.heappush(self.free, slot)  # a min-heap: the lowest free slot goes first
         self.capacity = new_capacity
@@ -93,7 +99,7 @@ class RankPack:
         heapq.heappush(self.free, slot)
 
     def _zero(self, slot: int) -> None:
-        self.A[slot].zero_()
+        self.At[slot].zero_()
         self.Bt[slot].zero_()
         self.scale[slot] = 0
 
@@ -103,7 +109,7 @@ class RankPack:
         some = next(iter(self.used), None)
         device, dtype = (lora_A[some].device, lora_A[some].dtype) if some else (self.device, self.dtype)
         old_scale = self.scale.to(device=device, dtype=dtype)
-        self.A = torch.empty(self.capacity, self.rank, self.a_cols, device=device, dtype=dtype)
+        self.At = torch.empty(self.capacity, self.a_cols, self.rank, device=device, dtype=dtype)
         self.Bt = torch.empty(self.capacity, self.rank, self.b_rows, device=device, dtype=dtype)
         self.scale = old_scale
         self._zero(0)

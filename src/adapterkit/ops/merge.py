@@ -7,30 +7,49 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch
+
+from adapterkit.core.injection import lora_modules
+from adapterkit.core.merge import merged_state_dict
+from adapterkit.errors import NaNInMergeError
 from adapterkit.model.adapter_model import AdapterModel
 
 
 def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_names: list[str] | None = None,
                   safe_merge: bool = True) -> Path:
-    """Merge the adapters (default: the active ones) and save a folder that
-    transformers loads on its own. The AdapterModel is left unmerged and intact:
-    the merge is undone after saving, so the adapter stays usable."""
+    """Save base + adapters (default: the active ones) merged, as a folder that
+    transformers loads on its own. The merge is computed on a copy of the state
+    dict: the live model and its adapters are left exactly as they were."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     names = adapter_names or list(model.active_adapters)
     base = model.get_base_model()
-    model.merge_adapter(names, safe_merge=safe_merge, untie_weights=False)
+    original = base.state_dict()
+    state = merged_state_dict(original, lora_modules(base), names)
+    # A merged weight that was tied (lm_head to the embeddings) now differs from its twin:
+    # the export must store both, so it is saved untied.
+    untie = any(state[k] is not v and any(o is v for k2, o in original.items() if k2 != k)
+                for k, v in original.items() if k in state)
+    if safe_merge:
+        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise NaNInMergeError(f"Merging {names} puts NaN or inf into {broken[:3]}; nothing was written. "
+                                  "Check the adapter weights (diverged training?).")
+    config = getattr(base, "config", None)
+    was_tied = getattr(config, "tie_word_embeddings", None)
     try:
-        # Save the plain model: adapter children and hooks are not part of its state dict
-        # keys transformers expects, so save the merged weights without them.
-        state = {k: v for k, v in base.state_dict().items() if ".lora." not in f".{k}"}
+        if untie and was_tied:
+            config.tie_word_embeddings = False
         base.save_pretrained(staging, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
     finally:
-        model.unmerge_adapter()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+        if untie and was_tied:
+            config.tie_word_embeddings = was_tied
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -1,0 +1,1 @@
+"""`adapterkit demo`: the main job, end to end, on the embedded SmolLM2."""

@@ -125,8 +125,12 @@ def plot(results: dict, path: Path) -> None:
     panels = list(dict.fromkeys((r["shape"], r["mode"], r["rank"]) for r in rows))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (shape, mode, rank) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (shape, mode, rank) in zip(axes.flat, panels):
         sub = [r for r in rows if (r["shape"], r["mode"], r["rank"]) == (shape, mode, rank)]
         ks = sorted({r["k"] for r in sub})
         for method in ("base", "merged", "unmerged", "adapterkit_mixed", "peft_mixed"):
@@ -143,6 +147,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(f"{shape} {mode} r={rank}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle("time per call vs distinct adapters in the batch (one line per method)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -155,3 +160,10 @@ def write_all(results: dict, out_dir: Path) -> Path:
     report.write_text(markdown(results))
     plot(results, out_dir / "time_vs_adapters.png")
     return report
+
+
+if __name__ == "__main__":  # re-render the report and plot from a results.json
+    import sys
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "results.json"
+    print(write_all(json.loads(source.read_text()), source.parent))

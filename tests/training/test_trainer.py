@@ -108,3 +108,13 @@ def test_model_without_trainable_parameters_is_refused(smol_tokenizer, word_exam
     tiny_llama.requires_grad_(False)
     with pytest.raises(ValueError, match="get_peft_model"):
         train(tiny_llama, smol_tokenizer, word_examples, config())
+
+
+def test_trains_a_peft_model_too(smol_tokenizer, word_examples, tiny_llama):
+    peft = pytest.importorskip("peft")  # the reference implementation, a test-only dependency
+    torch.manual_seed(0)
+    model = peft.get_peft_model(tiny_llama, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    before = adapter_weights(model)
+    result = train(model, smol_tokenizer, word_examples, config(steps=3))
+    assert len(result.losses) == 3
+    assert any(not torch.equal(before[n], p) for n, p in adapter_weights(model).items())

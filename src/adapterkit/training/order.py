@@ -20,7 +20,7 @@ class ExampleOrder:
     def _epoch(self, epoch: int) -> list[int]:
         if epoch not in self._epochs:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epochs = {epoch: torch.randperm(self.num_examples, generator=generator).tolist()}
+            self._epochs[epoch] = torch.randperm(self.num_examples, generator=generator).tolist()
         return self._epochs[epoch]
 
     def micro_batch(self, number: int, size: int) -> list[int]:

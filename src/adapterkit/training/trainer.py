@@ -117,7 +117,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{result.tokens_per_second:.0f}")
             done = step + 1
-            if config.output_dir and (done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)):
+            if _checkpoint_due(done, config):
                 state = _snapshot(done, result.losses, config, params, optimizer, scheduler)
                 result.last_checkpoint = save_checkpoint(model, checkpoint_dir(config.output_dir, done), state)
     finally:
@@ -125,6 +125,12 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
         model.train(was_training)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _checkpoint_due(done: int, config: TrainConfig) -> bool:
+    if not config.output_dir:
+        return False
+    return done == config.steps or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
 
 
 def _optimizer_step(model, tokenizer, batches: list[list[EncodedExample]], config: TrainConfig,

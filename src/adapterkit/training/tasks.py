@@ -8,8 +8,11 @@ and the adapter alone decides the behaviour: switching adapters on the same
 prompt visibly switches the answer. Every word occurs in training; the
 held-out set consists of word triples never seen in training.
 
-Measured on 2 CPU cores with SmolLM2-135M-Instruct and
-`recommended_lora_config()`: see the numbers in `FULL` / `QUICK` below.
+Measured on 2 CPU cores (torch threads=2) with SmolLM2-135M-Instruct and
+`recommended_lora_config()`, held-out exact match:
+  base model              0% on both tasks
+  FULL  (48 steps x 8)    100% reverse, 100% shout (seeds 0 and 1); ~40-50 s of training each
+  QUICK (16 steps x 8)    100% reverse, 88% shout (seed 0); ~15 s each
 """
 
 from __future__ import annotations

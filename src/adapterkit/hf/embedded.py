@@ -50,7 +50,10 @@ def _is_current(folder: Path, gguf: Path) -> bool:
     marker = folder / SOURCE_MARKER
     if not marker.is_file():
         return False
-    return json.loads(marker.read_text()) == _source_record(gguf)
+    try:
+        return json.loads(marker.read_text()) == _source_record(gguf)
+    except (OSError, json.JSONDecodeError):
+        return False  # unreadable marker: rebuild rather than trust the folder
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+
+import torch
 from urllib.parse import urlparse
 
 from adapterkit.hf.errors import HubUnreachableError
@@ -33,7 +35,7 @@ def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def load_from_hub(repo_id: str, dtype):
+def load_from_hub(repo_id: str, dtype: torch.dtype):
     """(model, tokenizer) for `repo_id`; offline, only what the local HF cache already holds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+from urllib.parse import urlparse
 
 import torch
-from urllib.parse import urlparse
 
 from adapterkit.hf.errors import HubUnreachableError
 

@@ -46,12 +46,18 @@ def detach(module: nn.Module) -> None:
         delattr(module, LORA_CHILD)
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoraAdapters]:
+def walk(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None):
+    """`model.named_modules()`, or a snapshot of it taken earlier (see model.ModuleSnapshot):
+    walking a large model in Python costs milliseconds, and loads would pay it many times."""
+    return modules if modules is not None else model.named_modules()
+
+
+def lora_modules(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None) -> dict[str, LoraAdapters]:
     """Base-module name -> its LoraAdapters, in model order."""
     suffix = "." + LORA_CHILD
     return {
         name[: -len(suffix)] if name.endswith(suffix) else "": module
-        for name, module in model.named_modules()
+        for name, module in walk(model, modules)
         if isinstance(module, LoraAdapters)
     }
 

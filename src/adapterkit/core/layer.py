@@ -91,7 +91,9 @@ class LoraAdapters(nn.Module):
 
     # --- adding and removing adapters --------------------------------------
     def add(self, name: str, rank: int, alpha: float, dropout: float, use_rslora: bool,
-            init: bool | str = True, trainable: bool = True) -> None:
+            init: bool | str | None = True, trainable: bool = True) -> None:
+        """Add adapter `name`. `init=None` leaves the factors unwritten, for a caller
+        (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
         weight = self.base.weight
         pack = self.packs.get(rank)
@@ -99,12 +101,13 @@ class LoraAdapters(nn.Module):
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
                                                weight.device, weight.dtype)
         scale = lora_scale(alpha, rank, use_rslora)
-        slot = pack.add(name, scale, self._params())
+        slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
         self.info[name] = _AdapterInfo(rank, scale, dropout)
         self._set_slot(rank, self.routing.id_for(name), slot)
-        self.reset(name, init)
+        if init is not None:
+            self.reset(name, init)
 
     def remove(self, name: str) -> None:
         if name in self.merged:

@@ -84,11 +84,14 @@ class RankPack:
             lora_A[name].data = self.A[slot]
             lora_B[name].data = self.B[slot]
 
-    def add(self, name: str, scale: float, params) -> int:
+    def add(self, name: str, scale: float, params, zero: bool = True) -> int:
+        """Take a free slot for `name`. `zero=False` skips clearing it, for a caller that
+        overwrites both factors at once (a validated load)."""
         if not self.free:
             self._grow(max(self.capacity + 8, int(self.capacity * _GROWTH)), params)
         slot = heapq.heappop(self.free)
-        self._zero(slot)
+        if zero:
+            self._zero(slot)
         self.used[name] = slot
         self.scale[slot] = scale
         return slot

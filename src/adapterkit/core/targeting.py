@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from adapterkit.core.config import LoraConfig
+from adapterkit.core.injection import walk
 from adapterkit.errors import TargetModulesError
 
 ALL_LINEAR = "all-linear"
@@ -60,12 +61,12 @@ def _layer_index(name: str, layers_pattern: list[str] | str | None) -> int | Non
     return int(match.group("idx")) if match else None
 
 
-def _output_head_names(model: nn.Module) -> set[str]:
+def _output_head_names(model: nn.Module, modules) -> set[str]:
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     if head is None:
-        return {name for name, _ in model.named_modules() if name.split(".")[-1] in ("lm_head", "score")}
-    return {name for name, module in model.named_modules() if module is head}
+        return {name for name, _ in walk(model, modules) if name.split(".")[-1] in ("lm_head", "score")}
+    return {name for name, module in walk(model, modules) if module is head}
 
 
 def is_saved_module(name: str, modules_to_save: list[str]) -> bool:
@@ -79,21 +80,24 @@ class TargetedModule:
     kind: str
 
 
-def find_targets(model: nn.Module, config: LoraConfig) -> list[TargetedModule]:
+def find_targets(model: nn.Module, config: LoraConfig,
+                 modules: list[tuple[str, nn.Module]] | None = None) -> list[TargetedModule]:
     """Every module the config adapts, in model order. Raises TargetModulesError
-    when nothing matches, or when some list entries match nothing."""
+    when nothing matches, or when some list entries match nothing. `modules` is an
+    optional snapshot of `model.named_modules()`."""
     target = config.target_modules
     if target is None:
         raise TargetModulesError(
             "LoraConfig.target_modules is not set. Name the modules to adapt, for example "
             "target_modules=['q_proj', 'v_proj'], or use 'all-linear'."
         )
-    head_names = _output_head_names(model) if target == ALL_LINEAR else set()
+    modules = list(walk(model, modules))
+    head_names = _output_head_names(model, modules) if target == ALL_LINEAR else set()
     saved = config.head_modules_to_save()
     found: list[TargetedModule] = []
     used_entries: set[str] = set()
-    inside_saved = _names_inside_saved_wrappers(model)
-    for name, module in model.named_modules():
+    inside_saved = _names_inside_saved_wrappers(modules)
+    for name, module in modules:
         kind = module_kind(module)
         if not name or kind is None or name in inside_saved:
             continue
@@ -120,10 +124,10 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[TargetedModule]:
     return found
 
 
-def _names_inside_saved_wrappers(model: nn.Module) -> set[str]:
+def _names_inside_saved_wrappers(modules) -> set[str]:
     """Modules held by a ModulesToSave (trained in full): never LoRA targets."""
     inside: set[str] = set()
-    for name, module in model.named_modules():
+    for name, module in modules:
         if type(module).__name__ == "ModulesToSave":
             inside.update(f"{name}.{sub}" for sub, _ in module.named_modules() if sub)
     return inside

@@ -8,6 +8,7 @@ AdapterRouting shared by every adapted module, so switching is one assignment.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -57,6 +58,8 @@ class AdapterModel(nn.Module):
                 "or use add_adapter / load_adapter on the existing AdapterModel."
             )
         self.model = model
+        self._snapshot: list[tuple[str, nn.Module]] | None = None
+        self._target_cache: dict[str, tuple] = {}
         self.routing = AdapterRouting()
         self.peft_config: dict[str, LoraConfig] = {}
         self._trainable: dict[str, bool] = {}
@@ -66,6 +69,36 @@ class AdapterModel(nn.Module):
             param.requires_grad_(False)
         if config is not None:
             self.add_adapter(adapter_name, config)
+
+    # --- the module walk, cached ---------------------------------------------------
+    # Walking a real model's modules in Python costs milliseconds; loads and switches
+    # would pay it several times each. The snapshot is retaken whenever adapterkit
+    # changes the module tree (attaching, detaching, swapping modules_to_save).
+    def _module_walk(self) -> list[tuple[str, nn.Module]]:
+        if self._snapshot is None:
+            self._snapshot = list(self.model.named_modules())
+        return self._snapshot
+
+    def _structure_changed(self) -> None:
+        self._snapshot = None
+        self._target_cache.clear()
+
+    def _targets_for(self, config: LoraConfig):
+        """(LoRA targets, modules_to_save paths) of a config; cached while the tree is unchanged,
+        since a thousand adapters trained with one recipe all target the same modules."""
+        key = json.dumps([config.target_modules, config.exclude_modules, config.layers_to_transform,
+                          config.layers_pattern, config.modules_to_save, config.task_type], sort_keys=True)
+        if key not in self._target_cache:
+            modules = self._module_walk()
+            self._target_cache[key] = (find_targets(self.model, config, modules),
+                                       resolve_saved_modules(self.model, config, modules))
+        return self._target_cache[key]
+
+    def _loras(self):
+        return lora_modules(self.model, self._module_walk())
+
+    def _saved(self):
+        return saved_wrappers(self.model, self._module_walk())
 
     # --- passthrough ------------------------------------------------------------
     def __getattr__(self, name: str):
@@ -137,23 +170,29 @@ class AdapterModel(nn.Module):
             )
         _check_name(adapter_name)
         peft_config.check_supported()
-        targets = find_targets(self.model, peft_config)  # raises before anything changes
-        saved = resolve_saved_modules(self.model, peft_config)
+        targets, saved = self._targets_for(peft_config)  # raises before anything changes
+        self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
+
+    def _install(self, adapter_name, peft_config, targets, saved, trainable, init, activate) -> None:
+        """Attach a checked adapter to its target modules. `init=None` leaves the factors
+        unwritten, for a load that fills every one of them next."""
         if peft_config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
             peft_config.modules_to_save = peft_config.head_modules_to_save()
+        new_modules = bool(saved) or any(not hasattr(t.module, "lora") for t in targets)
         for target in targets:
             lora = attach(target.module, target.kind, self.routing)
             lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
-                     peft_config.lora_dropout, peft_config.use_rslora, peft_config.init_lora_weights,
-                     trainable=False)
+                     peft_config.lora_dropout, peft_config.use_rslora, init, trainable=False)
         for path in saved:
             swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable=False)
+        if new_modules:
+            self._structure_changed()
         self.peft_config[adapter_name] = peft_config
         self._trainable[adapter_name] = trainable
         if trainable:
             for module in bias_modules(self.model, peft_config, adapter_name).values():
                 module.bias.requires_grad_(True)
-        if _activate or (_activate is None and not self.routing.active):
+        if activate or (activate is None and not self.routing.active):
             self._activate((adapter_name,))
 
     def _activate(self, names: tuple[str, ...]) -> None:
@@ -166,12 +205,12 @@ class AdapterModel(nn.Module):
             self._set_requires_grad({n: n in names and self._trainable.get(n, False) for n in changed})
 
     def _set_requires_grad(self, flags: dict[str, bool]) -> None:
-        for lora in lora_modules(self.model).values():
+        for lora in self._loras().values():
             for name, flag in flags.items():
                 if lora.has(name):
                     lora.lora_A[name].requires_grad_(flag)
                     lora.lora_B[name].requires_grad_(flag)
-        for wrapper in saved_wrappers(self.model).values():
+        for wrapper in self._saved().values():
             for name, flag in flags.items():
                 if name in wrapper.modules_to_save:
                     wrapper.modules_to_save[name].requires_grad_(flag)
@@ -184,16 +223,17 @@ class AdapterModel(nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._check_known(adapter_name)
-        for path, lora in lora_modules(self.model).items():
+        for path, lora in self._loras().items():
             if lora.has(adapter_name):
                 lora.remove(adapter_name)
                 if not lora.info:
                     detach(lora.base)
-        for path, wrapper in saved_wrappers(self.model).items():
+        for path, wrapper in self._saved().items():
             if adapter_name in wrapper.modules_to_save:
                 wrapper.remove(adapter_name)
                 if not len(wrapper.modules_to_save):
                     swap_out_modules_to_save(self.model, path)
+        self._structure_changed()
         del self.peft_config[adapter_name]
         self._trainable.pop(adapter_name, None)
         remaining = tuple(n for n in self.routing.active if n != adapter_name)
@@ -265,13 +305,14 @@ class AdapterModel(nn.Module):
         # Every key and shape is checked here, before the model changes. (A same-name
         # adapter being replaced targets the same modules, so planning with it still
         # attached sees the layout a fresh load would.)
-        plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded)
+        plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
+                         self._module_walk(), self._targets_for(config))
         was_active = adapter_name in self.routing.active
         if adapter_name in self.peft_config:
-            self.delete_adapter(adapter_name)
+            self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
         config.inference_mode = not is_trainable
-        self.add_adapter(adapter_name, config, trainable=is_trainable,
-                         _activate=True if was_active else None)
+        self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
+                      True if was_active else None)
         self._fill(adapter_name, plan)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
@@ -287,16 +328,16 @@ class AdapterModel(nn.Module):
         warnings.warn(message + " Pass strict_base=True to make this an error.", stacklevel=3)
 
     def _is_noop(self, adapter_name: str) -> bool:
-        loras = [l for l in lora_modules(self.model).values() if l.has(adapter_name)]
+        loras = [l for l in self._loras().values() if l.has(adapter_name)]
         # A modules_to_save copy is a no-op while it still equals the module it copied.
         copies_untouched = all(
             _same_state(w.modules_to_save[adapter_name], w.original_module)
-            for w in saved_wrappers(self.model).values() if adapter_name in w.modules_to_save)
+            for w in self._saved().values() if adapter_name in w.modules_to_save)
         return copies_untouched and all(l.is_noop(adapter_name) for l in loras)
 
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
-        loras = lora_modules(self.model)
+        loras = self._loras()
         for path, factors in plan.factors.items():
             lora = loras[path]
             lora.lora_A[adapter_name].copy_(factors["A"])
@@ -324,7 +365,7 @@ class AdapterModel(nn.Module):
     # --- merging ----------------------------------------------------------------------
     def _merged_names(self) -> list[str]:
         merged: list[str] = []
-        for lora in lora_modules(self.model).values():
+        for lora in self._loras().values():
             merged.extend(n for n in lora.merged if n not in merged)
         return merged
 
@@ -336,7 +377,7 @@ class AdapterModel(nn.Module):
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and not isinstance(module, ModulesToSave):
                 owners.setdefault(id(weight), []).append(name)
-        for path, lora in lora_modules(self.model).items():
+        for path, lora in self._loras().items():
             if not any(lora.has(n) and n not in lora.merged for n in names):
                 continue
             sharing = [n for n in owners.get(id(lora.base.weight), []) if n != path]
@@ -359,7 +400,7 @@ class AdapterModel(nn.Module):
         """Fold adapters (default: the active ones) into the base weights. Idempotent."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         self._check_ties(names, untie_weights)
-        loras = lora_modules(self.model)
+        loras = self._loras()
         if safe_merge:
             bad = [path for path, lora in loras.items() if not lora.merge_is_finite(names)]
             if bad:
@@ -371,7 +412,7 @@ class AdapterModel(nn.Module):
             lora.merge(names)
 
     def unmerge_adapter(self) -> None:
-        for lora in lora_modules(self.model).values():
+        for lora in self._loras().values():
             lora.unmerge()
 
     @property
@@ -379,10 +420,11 @@ class AdapterModel(nn.Module):
         return self._merged_names()
 
     def _unload(self, keep: str | None) -> nn.Module:
-        for lora in list(lora_modules(self.model).values()):
+        for lora in list(self._loras().values()):
             detach(lora.base)
-        for path in list(saved_wrappers(self.model)):
+        for path in list(self._saved()):
             swap_out_modules_to_save(self.model, path, keep=keep)
+        self._structure_changed()
         self.peft_config.clear()
         self.routing.active = ()
         return self.model
@@ -392,7 +434,7 @@ class AdapterModel(nn.Module):
         """Merge (default: the active adapters) and return the plain model, no adapter modules left."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
-        keep = next((n for n in names if any(n in w.modules_to_save for w in saved_wrappers(self.model).values())), None)
+        keep = next((n for n in names if any(n in w.modules_to_save for w in self._saved().values())), None)
         return self._unload(keep)
 
     def unload(self) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from adapterkit.core.config import TASK_HEADS, LoraConfig
-from adapterkit.core.injection import ModulesToSave, lora_modules
+from adapterkit.core.injection import ModulesToSave, lora_modules, walk
 from adapterkit.core.targeting import TargetedModule, find_targets
 from adapterkit.errors import AdapterKeyMismatchError, AdapterShapeMismatchError, TargetModulesError
 from adapterkit.io import keys
@@ -31,7 +31,7 @@ class LoadPlan:
     base_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> full weight
 
 
-def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
+def resolve_saved_modules(model: nn.Module, config: LoraConfig, modules=None) -> list[str]:
     """Paths of the modules trained in full for this config (modules_to_save)."""
     wanted = config.modules_to_save or []
     auto_heads = [h for h in config.head_modules_to_save() if h not in wanted]
@@ -42,7 +42,7 @@ def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     unmatched: list[str] = []
     for entry in list(wanted) + auto_heads:
         hits = [
-            name for name, module in model.named_modules()
+            name for name, module in walk(model, modules)
             if name and (name == entry or name.endswith("." + entry))
             and ".modules_to_save." not in name and not name.endswith(".original_module")
             and ".original_module." not in name
@@ -63,9 +63,10 @@ def _original(model: nn.Module, path: str) -> nn.Module:
 
 
 def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
-              saved_modules: list[str]) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
+                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
     expected: dict[str, tuple[keys.Slot, tuple[int, ...]]] = {}
-    existing_loras = lora_modules(model)
+    modules = list(walk(model, modules))
+    existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
         weight = target.module.weight
@@ -83,8 +84,8 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
         if config.bias == "lora_only":
             candidates = {t.name: t.module for t in targets}
         else:
-            inside = {n for n, m in model.named_modules() if ".modules_to_save." in n or ".original_module" in n}
-            candidates = {n: m for n, m in model.named_modules()
+            inside = {n for n, m in modules if ".modules_to_save." in n or ".original_module" in n}
+            candidates = {n: m for n, m in modules
                           if n not in inside and n not in saved_modules and not isinstance(m, ModulesToSave)}
         for path, module in candidates.items():
             bias = getattr(module, "bias", None)
@@ -95,10 +96,14 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
 
 
 def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
-              recorded_base: BaseFingerprint | None = None) -> LoadPlan:
-    targets = find_targets(model, config)
-    saved_modules = resolve_saved_modules(model, config)
-    expected = expected_tensors(model, config, targets, saved_modules)
+              recorded_base: BaseFingerprint | None = None, modules=None, targets_and_saved=None) -> LoadPlan:
+    """`modules` (a snapshot of named_modules) and `targets_and_saved` (what find_targets and
+    resolve_saved_modules return for this config) may be passed in when the caller caches them."""
+    modules = list(walk(model, modules))
+    if targets_and_saved is None:
+        targets_and_saved = (find_targets(model, config, modules), resolve_saved_modules(model, config, modules))
+    targets, saved_modules = targets_and_saved
+    expected = expected_tensors(model, config, targets, saved_modules, modules)
     base_note = _base_note(config, recorded_base)
 
     # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from adapterkit.core.config import LoraConfig
-from adapterkit.core.injection import ModulesToSave, lora_modules
+from adapterkit.core.injection import ModulesToSave, lora_modules, walk
 from adapterkit.io import keys
 
 
-def saved_wrappers(model: nn.Module) -> dict[str, ModulesToSave]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, ModulesToSave)}
+def saved_wrappers(model: nn.Module, modules=None) -> dict[str, ModulesToSave]:
+    return {name: m for name, m in walk(model, modules) if isinstance(m, ModulesToSave)}
 
 
 def bias_modules(model: nn.Module, config: LoraConfig, adapter: str) -> dict[str, nn.Module]:

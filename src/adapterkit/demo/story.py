@@ -61,6 +61,10 @@ def _probe_logits(model, tokenizer, task: Task, count: int = 4) -> torch.Tensor:
 def run_demo(quick: bool = False, workdir: str | Path | None = None, base: str = "smollm2") -> DemoResult:
     started = time.perf_counter()
     result = DemoResult()
+    # transformers' own per-file progress bars would drown the story's tables.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="adapterkit-demo-")
     workdir = Path(workdir)
@@ -96,7 +100,9 @@ def run_demo(quick: bool = False, workdir: str | Path | None = None, base: str =
         else:
             wrapped.add_adapter(task.name, recommended_lora_config())
             wrapped.set_adapter(task.name)
-        say(f"training [bold]{task.name}[/]: " + wrapped.print_trainable_parameters())
+        trainable, total = wrapped.get_nb_trainable_parameters()
+        say(f"training [bold]{task.name}[/]: {trainable:,d} trainable parameters of {total:,d} "
+            f"({100 * trainable / total:.2f}%), base frozen")
         trained = train(wrapped, tokenizer, task.train, task.train_config)
         scored = exact_match(wrapped, tokenizer, task.eval, task.max_new_tokens)
         result.outcomes.append(TaskOutcome(task.name, base_em[task.name], scored.exact_match,

@@ -28,3 +28,14 @@ def bert():
     from helpers import tiny_bert
 
     return tiny_bert()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2's real tokenizer, read from the embedded GGUF file (~4 s, once per session)."""
+    from transformers import AutoTokenizer
+
+    from adapterkit.hf.embedded import find_gguf
+
+    gguf = find_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -80,3 +80,14 @@ def randomize_adapter(model, seed: int = 3, std: float = 0.1) -> None:
 
 def param_snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def tiny_llama_for(tokenizer, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A tiny Llama whose vocabulary matches `tokenizer` (SmolLM2's, in the hf/training tests)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, **overrides,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -113,9 +113,14 @@ class LoraAdapters(nn.Module):
         if name in self.merged:
             self.unmerge([name])
         info = self.info.pop(name)
-        self.packs[info.rank].remove(name)
+        pack = self.packs[info.rank]
+        pack.remove(name)
         self._set_slot(info.rank, self.routing.id_for(name), 0)
         del self.lora_A[name], self.lora_B[name]
+        if not pack.used:
+            # An empty pack has no parameter to take a later .to()'s device and dtype from;
+            # drop it, and a later adapter of this rank gets a fresh one beside the base weight.
+            del self.packs[info.rank], self._slot_tables[info.rank]
 
     @torch.no_grad()
     def reset(self, name: str, init: bool | str = True) -> None:

@@ -307,13 +307,15 @@ class AdapterModel(nn.Module):
         # attached sees the layout a fresh load would.)
         plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
                          self._module_walk(), self._targets_for(config))
-        was_active = adapter_name in self.routing.active
+        was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
         config.inference_mode = not is_trainable
         self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
-                      True if was_active else None)
+                      False if was_active else None)
         self._fill(adapter_name, plan)
+        if was_active:  # a replaced adapter stays active, beside the others that were
+            self._activate(was_active)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
         if recorded is None or recorded.digest == self.base_fingerprint.digest:
@@ -399,7 +401,6 @@ class AdapterModel(nn.Module):
                       untie_weights: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weights. Idempotent."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
-        self._check_ties(names, untie_weights)
         loras = self._loras()
         if safe_merge:
             bad = [path for path, lora in loras.items() if not lora.merge_is_finite(names)]
@@ -408,6 +409,7 @@ class AdapterModel(nn.Module):
                     f"Merging {names} would put NaN or inf into {bad[:3]}; nothing was merged. "
                     "The adapter weights are broken (diverged training?): check them, or retrain."
                 )
+        self._check_ties(names, untie_weights)  # after the checks that can refuse: untying changes the model
         for lora in loras.values():
             lora.merge(names)
 

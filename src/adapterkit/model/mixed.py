@@ -53,13 +53,17 @@ def mixed_rows(model, adapter_names: list[str], rows: int | None):
             routing.active, routing.disabled = saved
         return
     ids = [0 if n == BASE_ROW else routing.ids[n] for n in adapter_names]
+    # Named rows run their adapters even under disable_adapters(), as on the uniform path above.
+    disabled = routing.disabled
     routing.row_ids = torch.tensor(ids, dtype=torch.long, device=_first_device(model))
     routing.row_names = frozenset(distinct)
+    routing.disabled = False
     try:
         yield
     finally:
         routing.row_ids = None
         routing.row_names = None
+        routing.disabled = disabled
 
 
 def _first_device(model) -> torch.device:

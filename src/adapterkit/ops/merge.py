@@ -13,6 +13,21 @@ from adapterkit.core.injection import lora_modules
 from adapterkit.core.merge import merged_state_dict
 from adapterkit.errors import NaNInMergeError
 from adapterkit.model.adapter_model import AdapterModel
+from adapterkit.model.state import saved_wrappers
+
+
+def _base_keys(state: dict[str, torch.Tensor], base, names: list[str]) -> dict[str, torch.Tensor]:
+    """Key a modules_to_save head as the plain model does: `<m>.original_module.*` and
+    `<m>.modules_to_save.<adapter>.*` become `<m>.*`, from the first of `names` with a copy
+    (else the original), as merge_and_unload keeps it."""
+    for path, wrapper in saved_wrappers(base).items():
+        keep = next((n for n in names if n in wrapper.modules_to_save), None)
+        inner = f"{path}.modules_to_save.{keep}." if keep else f"{path}.original_module."
+        dropped = (f"{path}.original_module.", f"{path}.modules_to_save.")
+        chosen = {f"{path}.{k[len(inner):]}": v for k, v in state.items() if k.startswith(inner)}
+        state = {k: v for k, v in state.items() if not k.startswith(dropped)}
+        state.update(chosen)
+    return state
 
 
 def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_names: list[str] | None = None,
@@ -26,10 +41,11 @@ def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_
     names = adapter_names or list(model.active_adapters)
     base = model.get_base_model()
     original = base.state_dict()
-    state = merged_state_dict(original, lora_modules(base), names)
+    state = _base_keys(merged_state_dict(original, lora_modules(base), names), base, names)
     # A merged weight that was tied (lm_head to the embeddings) now differs from its twin:
-    # the export must store both, so it is saved untied.
-    untie = any(state[k] is not v and any(o is v for k2, o in original.items() if k2 != k)
+    # the export must store both, so it is saved untied. (state_dict() detaches each key on
+    # its own, so tied entries are told apart by shared storage, not by identity.)
+    untie = any(state[k] is not v and any(o.data_ptr() == v.data_ptr() for k2, o in original.items() if k2 != k)
                 for k, v in original.items() if k in state)
     if safe_merge:
         broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]

@@ -100,6 +100,13 @@ class LoraConfig:
         for name, rank in self.rank_pattern.items():
             if not isinstance(rank, int) or rank <= 0:
                 raise AdapterConfigError(f"rank_pattern[{name!r}] must be a positive integer, got {rank!r}.")
+        if isinstance(self.target_modules, str):
+            for name in ("layers_to_transform", "layers_pattern"):
+                if getattr(self, name) is not None:  # PEFT refuses this too; it would be ignored
+                    raise AdapterConfigError(
+                        f"LoraConfig.{name} cannot be used when target_modules is a string "
+                        f"({self.target_modules!r}): give target_modules as a list of module names instead."
+                    )
         if self.init_lora_weights not in (True, False, "gaussian"):
             raise UnsupportedAdapterError(
                 f"init_lora_weights={self.init_lora_weights!r} is not supported; "

@@ -5,7 +5,8 @@ Rules (PEFT's, without its substring surprises):
 - a string is a regular expression that must match the whole dotted name;
 - "all-linear" means every Linear / Conv1D except the output head;
 - `exclude_modules` follows the same two rules and wins over targets;
-- `layers_to_transform` keeps only modules under the given layer indices.
+- `layers_to_transform` keeps only modules under the given layer indices (list targets only,
+  as in PEFT: LoraConfig refuses it with a string).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Spare slots are allocated but never written until handed out, so the operating
 system does not back them with memory (large allocations are mapped lazily).
 
 Slot 0 is always zero: rows that use no adapter of this rank point there. Free
-slots hold garbage; no row points at them, and `add` zeroes a slot it hands out.
+slots hold garbage; no row points at them, and `add` zeroes a slot it hands out
+(unless its caller, a validated load, overwrites both factors at once).
 """
 
 from __future__ import annotations

@@ -34,12 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         getattr(mod, add_name)(command)
         command.set_defaults(run=getattr(mod, run_name))
-    try:
-        from adapterkit.cli.store_commands import add_store_parser
-    except ImportError:  # the store is optional while it is being built
-        pass
-    else:
-        add_store_parser(sub)
+    from adapterkit.cli.store_commands import add_store_parser
+
+    add_store_parser(sub)  # a group of its own: store ls|put|get|...
     return parser
 
 

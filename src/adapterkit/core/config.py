@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,8 +204,6 @@ class LoraConfig:
 
 def _pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
     """PEFT's rule: a pattern key matches a module name ending in it at a dot boundary (regex allowed)."""
-    import re
-
     for key in patterns:
         if re.match(rf"(.*\.)?({key})$", module_name):
             return key

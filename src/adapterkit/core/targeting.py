@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from adapterkit.core.config import LoraConfig
-from adapterkit.core.injection import walk
+from adapterkit.core.injection import ModulesToSave, walk
 from adapterkit.errors import TargetModulesError
 
 ALL_LINEAR = "all-linear"
@@ -129,7 +129,7 @@ def _names_inside_saved_wrappers(modules) -> set[str]:
     """Modules held by a ModulesToSave (trained in full): never LoRA targets."""
     inside: set[str] = set()
     for name, module in modules:
-        if type(module).__name__ == "ModulesToSave":
+        if isinstance(module, ModulesToSave):
             inside.update(f"{name}.{sub}" for sub, _ in module.named_modules() if sub)
     return inside
 

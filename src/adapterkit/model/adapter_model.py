@@ -428,6 +428,7 @@ class AdapterModel(nn.Module):
             swap_out_modules_to_save(self.model, path, keep=keep)
         self._structure_changed()
         self.peft_config.clear()
+        self._trainable.clear()
         self.routing.active = ()
         return self.model
 

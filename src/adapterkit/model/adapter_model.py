@@ -60,6 +60,7 @@ class AdapterModel(nn.Module):
         self.model = model
         self._snapshot: list[tuple[str, nn.Module]] | None = None
         self._target_cache: dict[str, tuple] = {}
+        self._ownership: dict[str, list] = {}  # adapter -> its parameters and module copies
         self.routing = AdapterRouting()
         self.peft_config: dict[str, LoraConfig] = {}
         self._trainable: dict[str, bool] = {}
@@ -189,6 +190,7 @@ class AdapterModel(nn.Module):
             self._structure_changed()
         self.peft_config[adapter_name] = peft_config
         self._trainable[adapter_name] = trainable
+        self._ownership.pop(adapter_name, None)
         if trainable:
             for module in bias_modules(self.model, peft_config, adapter_name).values():
                 module.bias.requires_grad_(True)
@@ -205,15 +207,21 @@ class AdapterModel(nn.Module):
             self._set_requires_grad({n: n in names and self._trainable.get(n, False) for n in changed})
 
     def _set_requires_grad(self, flags: dict[str, bool]) -> None:
-        for lora in self._loras().values():
-            for name, flag in flags.items():
+        for name, flag in flags.items():
+            for owner in self._owned_by(name):
+                owner.requires_grad_(flag)
+
+    def _owned_by(self, name: str) -> list:
+        """The adapter's factor Parameters and modules_to_save copies, cached per adapter so a
+        switch touches only them, not every module of the model."""
+        if name not in self._ownership and name in self.peft_config:
+            owned: list = []
+            for lora in self._loras().values():
                 if lora.has(name):
-                    lora.lora_A[name].requires_grad_(flag)
-                    lora.lora_B[name].requires_grad_(flag)
-        for wrapper in self._saved().values():
-            for name, flag in flags.items():
-                if name in wrapper.modules_to_save:
-                    wrapper.modules_to_save[name].requires_grad_(flag)
+                    owned += [lora.lora_A[name], lora.lora_B[name]]
+            owned += [w.modules_to_save[name] for w in self._saved().values() if name in w.modules_to_save]
+            self._ownership[name] = owned
+        return self._ownership.get(name, [])
 
     def set_adapter(self, adapter_name: str | list[str]) -> None:
         names = self._check_known(adapter_name)
@@ -234,6 +242,7 @@ class AdapterModel(nn.Module):
                 if not len(wrapper.modules_to_save):
                     swap_out_modules_to_save(self.model, path)
         self._structure_changed()
+        self._ownership.pop(adapter_name, None)
         del self.peft_config[adapter_name]
         self._trainable.pop(adapter_name, None)
         remaining = tuple(n for n in self.routing.active if n != adapter_name)
@@ -429,6 +438,7 @@ class AdapterModel(nn.Module):
         self._structure_changed()
         self.peft_config.clear()
         self._trainable.clear()
+        self._ownership.clear()
         self.routing.active = ()
         return self.model
 

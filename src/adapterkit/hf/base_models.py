@@ -22,6 +22,9 @@ def load_base(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
     name = str(name_or_path)
     if name == EMBEDDED_NAME:
         model, tokenizer = _load_folder(embedded_model_dir(), dtype)
+        # Adapters record this as their base: the name to pass back to load_base, not a
+        # cache path that differs from machine to machine.
+        model.config._name_or_path = EMBEDDED_NAME
     elif Path(name).expanduser().is_dir():
         model, tokenizer = _load_folder(Path(name).expanduser(), dtype)
     elif _looks_like_path(name):

@@ -20,7 +20,9 @@ import heapq
 
 import torch
 
-_GROWTH = 1.25  # capacity grows by 25%: amortised O(1) adds, at most ~25% spare
+# Capacity grows by half: each add then copies ~2 adapters' worth of older slots on average
+# (amortised O(1)). Spare slots are never written, so on CPU they cost address space, not RAM.
+_GROWTH = 1.5
 
 
 class RankPack:
@@ -81,9 +83,12 @@ class RankPack:
     def relink(self, params) -> None:
         """Make each adapter's parameters views of its slot again."""
         lora_A, lora_B = params
+        # unbind makes every slot's view in one call; indexing the property per slot
+        # would build two transposed views per adapter in Python.
+        views_A, views_B = self.A.unbind(0), self.B.unbind(0)
         for name, slot in self.used.items():
-            lora_A[name].data = self.A[slot]
-            lora_B[name].data = self.B[slot]
+            lora_A[name].data = views_A[slot]
+            lora_B[name].data = views_B[slot]
 
     def add(self, name: str, scale: float, params, zero: bool = True) -> int:
         """Take a free slot for `name`. `zero=False` skips clearing it, for a caller that

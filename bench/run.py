@@ -92,7 +92,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads "
                              "spin against other processes and timings swing by 3x)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,resident")
+    parser.add_argument("--skip", default="",
+                        help="comma list of parts to skip: throughput,resident; a skipped part keeps its "
+                             "results from the previous run in --out, so one part can be re-measured alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     profile = "quick" if args.quick else "full" if args.full else "default"
@@ -116,6 +118,15 @@ def main(argv=None) -> None:
     }
     results = {"settings": settings, "throughput": []}
     skip = set(filter(None, args.skip.split(",")))
+    previous_file = args.out / "results.json"
+    previous = json.loads(previous_file.read_text()) if skip and previous_file.exists() else {}
+    if "throughput" in skip and previous.get("throughput"):
+        results["throughput"] = previous["throughput"]
+        settings["parts"] += [p for p in previous["settings"]["parts"] if not p.startswith("resident")]
+    if "resident" in skip and previous.get("resident"):
+        results["resident"] = previous["resident"]
+        settings["resident_note"] = previous["settings"].get("resident_note", "")
+        settings["parts"] += [p for p in previous["settings"]["parts"] if p.startswith("resident")]
     started = time.perf_counter()
 
     def save():

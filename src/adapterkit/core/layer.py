@@ -77,11 +77,6 @@ class LoraAdapters(nn.Module):
         # Per pack, row id -> slot; grown on demand to cover every row id in use.
         self._slot_tables: dict[int, torch.Tensor] = {}
 
-    # --- shapes -------------------------------------------------------------
-    def expected_shapes(self, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Shapes of A and B as PEFT stores them: (r, in) and (out, r)."""
-        return (rank, self.in_features), (self.out_features, rank)
-
     @property
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
@@ -160,9 +155,6 @@ class LoraAdapters(nn.Module):
     def is_noop(self, name: str) -> bool:
         """True while the adapter cannot change outputs (B or A all zero)."""
         return bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
-
-    def adapter_nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
 
     # --- device moves -------------------------------------------------------
     def _apply(self, fn, recurse=True):

@@ -61,9 +61,6 @@ class RankPack:
         """(cap, out, r): a view of the transposed storage."""
         return self.Bt.transpose(1, 2)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.At, self.Bt, self.scale))
-
     def _grow(self, new_capacity: int, params=None) -> None:
         """Reallocate to `new_capacity` slots and re-point the adapters' parameters."""
         # empty, not zeros: writing the spare slots would make them resident.

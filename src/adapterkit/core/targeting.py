@@ -70,10 +70,6 @@ def _output_head_names(model: nn.Module, modules) -> set[str]:
     return {name for name, module in walk(model, modules) if module is head}
 
 
-def is_saved_module(name: str, modules_to_save: list[str]) -> bool:
-    return any(name == m or name.endswith("." + m) for m in modules_to_save)
-
-
 @dataclass(frozen=True)
 class TargetedModule:
     name: str

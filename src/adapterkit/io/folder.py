@@ -10,7 +10,6 @@ pickle from an untrusted source can never run code.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -174,7 +173,3 @@ def adapter_subfolders(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
 
-
-def read_config_json(folder: Path) -> dict:
-    with open(folder / CONFIG_NAME, encoding="utf-8") as handle:
-        return json.load(handle)

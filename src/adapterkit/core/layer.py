@@ -51,6 +51,41 @@ class _AdapterInfo:
     dropout: float
 
 
+class AdapterParameters(nn.Module):
+    """One factor (A or B) of every adapter at a module, by adapter name.
+
+    A minimal ParameterDict: it stores parameters where every nn.Module does
+    (`_parameters`, so state_dict keys stay `<path>.lora.lora_A.<adapter>`), without
+    ParameterDict's per-insert attribute checks, which cost ~10 us each and were a
+    third of a load's time with 60 adapted modules. Names are validated by the caller
+    (AdapterModel refuses empty names and names with '.' or '/').
+    """
+
+    def __getitem__(self, name: str) -> nn.Parameter:
+        return self._parameters[name]
+
+    def __setitem__(self, name: str, param: nn.Parameter) -> None:
+        self._parameters[name] = param
+
+    def __delitem__(self, name: str) -> None:
+        del self._parameters[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parameters
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def items(self):
+        return self._parameters.items()
+
+
 def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
@@ -60,8 +95,8 @@ class LoraAdapters(nn.Module):
         super().__init__()
         self.kind = kind
         self.routing = routing
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
+        self.lora_A = AdapterParameters()
+        self.lora_B = AdapterParameters()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
         weight = base.weight

@@ -174,16 +174,22 @@ class AdapterModel(nn.Module):
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
 
-    def _install(self, adapter_name, peft_config, targets, saved, trainable, init, activate) -> None:
-        """Attach a checked adapter to its target modules. `init=None` leaves the factors
-        unwritten, for a load that fills every one of them next."""
+    def _install(self, adapter_name, peft_config, targets, saved, trainable, init, activate,
+                 factors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+        """Attach a checked adapter to its target modules, initialised as `init` says, or,
+        for a validated load, written straight from `factors` (module -> {"A", "B"})."""
         if peft_config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
             peft_config.modules_to_save = peft_config.head_modules_to_save()
         new_modules = bool(saved) or any(not hasattr(t.module, "lora") for t in targets)
-        for target in targets:
-            lora = attach(target.module, target.kind, self.routing)
-            lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
-                     peft_config.lora_dropout, peft_config.use_rslora, init, trainable=False)
+        with torch.no_grad():
+            for target in targets:
+                lora = attach(target.module, target.kind, self.routing)
+                lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
+                         peft_config.lora_dropout, peft_config.use_rslora,
+                         None if factors is not None else init, trainable=False)
+                if factors is not None:  # one pass: no second walk to find the slots again
+                    lora.lora_A[adapter_name].copy_(factors[target.name]["A"])
+                    lora.lora_B[adapter_name].copy_(factors[target.name]["B"])
         for path in saved:
             swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable=False)
         if new_modules:
@@ -321,7 +327,7 @@ class AdapterModel(nn.Module):
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
         config.inference_mode = not is_trainable
         self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
-                      False if was_active else None)
+                      False if was_active else None, factors=plan.factors)
         self._fill(adapter_name, plan)
         if was_active:  # a replaced adapter stays active, beside the others that were
             self._activate(was_active)
@@ -348,11 +354,7 @@ class AdapterModel(nn.Module):
 
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
-        loras = self._loras()
-        for path, factors in plan.factors.items():
-            lora = loras[path]
-            lora.lora_A[adapter_name].copy_(factors["A"])
-            lora.lora_B[adapter_name].copy_(factors["B"])
+        # The LoRA factors were written by _install; here the rest of the adapter.
         for path, params in plan.saved.items():
             self.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
         for path, bias in plan.biases.items():

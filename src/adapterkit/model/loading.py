@@ -95,16 +95,21 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
     return expected
 
 
-def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
-              recorded_base: BaseFingerprint | None = None, modules=None, targets_and_saved=None) -> LoadPlan:
-    """`modules` (a snapshot of named_modules) and `targets_and_saved` (what find_targets and
-    resolve_saved_modules return for this config) may be passed in when the caller caches them."""
-    modules = list(walk(model, modules))
-    if targets_and_saved is None:
-        targets_and_saved = (find_targets(model, config, modules), resolve_saved_modules(model, config, modules))
-    targets, saved_modules = targets_and_saved
+@dataclass
+class TensorCheck:
+    """How an adapter's tensors compare with what a model expects for its config."""
+
+    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]]
+    unexpected: list[str]
+    missing: list[str]
+    mismatched: list[tuple[str, keys.Slot, tuple[int, ...]]]  # key, slot, expected shape
+
+
+def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor],
+                  targets: list[TargetedModule], saved_modules: list[str], modules=None) -> TensorCheck:
+    """Compare file tensors with the model, without changing anything. Both load_adapter
+    (which raises on the result) and `adapterkit verify` (which lists it) use this."""
     expected = expected_tensors(model, config, targets, saved_modules, modules)
-    base_note = _base_note(config, recorded_base)
 
     # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
     optional = {}
@@ -125,6 +130,22 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
     expected.update(optional)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
+    mismatched = [(key, slot, shape) for key, (slot, shape) in expected.items()
+                  if key in tensors and tuple(tensors[key].shape) != shape]
+    return TensorCheck(expected, unexpected, missing, mismatched)
+
+
+def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
+              recorded_base: BaseFingerprint | None = None, modules=None, targets_and_saved=None) -> LoadPlan:
+    """`modules` (a snapshot of named_modules) and `targets_and_saved` (what find_targets and
+    resolve_saved_modules return for this config) may be passed in when the caller caches them."""
+    modules = list(walk(model, modules))
+    if targets_and_saved is None:
+        targets_and_saved = (find_targets(model, config, modules), resolve_saved_modules(model, config, modules))
+    targets, saved_modules = targets_and_saved
+    check = check_tensors(model, config, tensors, targets, saved_modules, modules)
+    expected, unexpected, missing = check.expected, check.unexpected, check.missing
+    base_note = _base_note(config, recorded_base)
     if unexpected or missing:
         parts = []
         if unexpected:
@@ -139,8 +160,7 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
     mismatched = [
         f"{slot.module} ({slot.role}{'.' + slot.param if slot.param else ''}): expected {list(shape)}, "
         f"found {list(tensors[key].shape)}"
-        for key, (slot, shape) in expected.items()
-        if tuple(tensors[key].shape) != shape
+        for key, slot, shape in check.mismatched
     ]
     if mismatched:
         more = f" (and {len(mismatched) - 5} more)" if len(mismatched) > 5 else ""

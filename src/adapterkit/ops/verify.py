@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adapterkit.core.targeting import find_targets
 from adapterkit.errors import AdapterError
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder
-from adapterkit.model.loading import expected_tensors, resolve_saved_modules
-from adapterkit.core.targeting import find_targets
+from adapterkit.model.loading import check_tensors, resolve_saved_modules
 
 
 @dataclass
@@ -38,20 +38,18 @@ def verify_adapter(folder: str | Path, model: nn.Module) -> VerifyReport:
     except AdapterError as exc:
         report.problems.append(str(exc))
         return report
-    expected = expected_tensors(model, files.config, targets, saved)
-    for key in sorted(set(files.tensors) - set(expected)):
-        if not key.endswith(".base_layer.weight"):
-            report.problems.append(f"unexpected key {key}: no module of this base takes it")
-    for key in sorted(set(expected) - set(files.tensors)):
-        report.problems.append(f"missing key {key}")
-    for key, (slot, shape) in expected.items():
+    check = check_tensors(model, files.config, files.tensors, targets, saved)
+    report.problems += [f"unexpected key {key}: no module of this base takes it" for key in check.unexpected]
+    report.problems += [f"missing key {key}" for key in check.missing]
+    report.problems += [f"{slot.module}: {key} has shape {list(files.tensors[key].shape)}, this base needs {list(shape)}"
+                        for key, slot, shape in check.mismatched]
+    misfits = {key for key, _, _ in check.mismatched}
+    for key in check.expected:
         tensor = files.tensors.get(key)
         if tensor is None:
             continue
         report.checked_tensors += 1
-        if tuple(tensor.shape) != shape:
-            report.problems.append(f"{slot.module}: {key} has shape {list(tensor.shape)}, this base needs {list(shape)}")
-        elif tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if key not in misfits and tensor.is_floating_point() and not torch.isfinite(tensor).all():
             report.problems.append(f"{key} holds NaN or inf")
     recorded = BaseFingerprint.from_metadata(files.metadata)
     here = base_fingerprint(model)

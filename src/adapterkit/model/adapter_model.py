@@ -237,17 +237,21 @@ class AdapterModel(nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._check_known(adapter_name)
+        tree_changed = False
         for path, lora in self._loras().items():
             if lora.has(adapter_name):
                 lora.remove(adapter_name)
                 if not lora.info:
                     detach(lora.base)
+                    tree_changed = True
         for path, wrapper in self._saved().items():
             if adapter_name in wrapper.modules_to_save:
-                wrapper.remove(adapter_name)
+                wrapper.remove(adapter_name)  # a child module goes: the tree changes
+                tree_changed = True
                 if not len(wrapper.modules_to_save):
                     swap_out_modules_to_save(self.model, path)
-        self._structure_changed()
+        if tree_changed:  # else other adapters still hold every module: the cached walk stays valid
+            self._structure_changed()
         self._ownership.pop(adapter_name, None)
         del self.peft_config[adapter_name]
         self._trainable.pop(adapter_name, None)

@@ -12,7 +12,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
-from bench.common import build_base, clone, free_memory
+from bench.common import build_base, free_memory
 
 TARGETS = ["q_proj", "v_proj"]  # rank 8 on q and v: 1.8 MB per adapter, so 1000 fit twice in RAM
 

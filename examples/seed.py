@@ -1,8 +1,12 @@
 # The PEFT tutorial's program, ported by changing its import line (and building
 # GPT-2 from its config, since no model hub is reachable here).
-import torch, tempfile, os
-from transformers import GPT2Config, AutoModelForCausalLM
+import os
+import tempfile
+
+from transformers import AutoModelForCausalLM, GPT2Config
+
 from adapterkit import LoraConfig, get_peft_model
+
 model = AutoModelForCausalLM.from_config(GPT2Config())
 lora_config = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], lora_dropout=0.1, bias="none", task_type="CAUSAL_LM")
 model = get_peft_model(model, lora_config)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.cli.main import COMMANDS, build_parser, main
-from helpers import input_ids, logits, max_diff, randomize_adapter, tiny_gpt2, tiny_llama
+from helpers import logits, max_diff, randomize_adapter, tiny_gpt2
 
 
 def tiny_llama_wider():

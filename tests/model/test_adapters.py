@@ -15,7 +15,7 @@ from adapterkit import (
     get_peft_model,
 )
 from adapterkit.core.injection import lora_modules
-from helpers import input_ids, logits, max_diff, randomize_adapter, tiny_llama
+from helpers import input_ids, logits, max_diff, tiny_llama
 
 BASE = None
 

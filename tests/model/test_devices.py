@@ -79,7 +79,7 @@ def test_adapters_take_the_dtype_of_their_layer():
 def test_adapter_on_a_layer_of_another_dtype():
     base = tiny_llama()
     base.model.layers[1].self_attn.q_proj.to(torch.float64)
-    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
     dtypes = {path: lora.lora_A["default"].dtype for path, lora in lora_modules(base).items()}
     assert dtypes == {"model.layers.0.self_attn.q_proj": torch.float32,
                       "model.layers.1.self_attn.q_proj": torch.float64}

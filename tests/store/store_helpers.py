@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-
 FINGERPRINT_A = {
     "adapterkit.base.architecture": "LlamaForCausalLM",
     "adapterkit.base.fingerprint": "a" * 32,

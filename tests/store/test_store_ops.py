@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
+from store_helpers import FINGERPRINT_A, FINGERPRINT_B, folder_bytes, write_peft_folder
 
 from adapterkit.errors import (
     AdapterConfigNotFoundError,
@@ -15,8 +15,6 @@ from adapterkit.errors import (
     CorruptAdapterFileError,
 )
 from adapterkit.store import AdapterNotInStoreError, AdapterStore, InvalidStoreRefError, default_store_root
-
-from store_helpers import FINGERPRINT_A, FINGERPRINT_B, folder_bytes, write_peft_folder
 
 
 def test_put_then_get_returns_identical_files(store, make_folder, tmp_path):

@@ -1,4 +1,3 @@
-import torch
 
 from adapterkit.training.data import ChatExample
 from adapterkit.training.evaluate import exact_match, generate_responses

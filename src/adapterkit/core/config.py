@@ -163,7 +163,7 @@ class LoraConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> "LoraConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> LoraConfig:
         missing = [name for name in REQUIRED_ON_READ if name not in data]
         if missing:
             raise AdapterConfigError(
@@ -191,7 +191,7 @@ class LoraConfig:
         return config
 
     @classmethod
-    def from_json_file(cls, path: str) -> "LoraConfig":
+    def from_json_file(cls, path: str) -> LoraConfig:
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)

@@ -49,7 +49,7 @@ class BaseFingerprint:
         }
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str] | None) -> "BaseFingerprint | None":
+    def from_metadata(cls, metadata: dict[str, str] | None) -> BaseFingerprint | None:
         if not metadata or "adapterkit.base.fingerprint" not in metadata:
             return None
         return _RecordedFingerprint(

@@ -45,7 +45,7 @@ class ActiveAdapters(list):
     """The active adapter names. PEFT exposes this as an attribute on some classes and a
     method on others; ported code uses both, so it is a list that can also be called."""
 
-    def __call__(self) -> "ActiveAdapters":
+    def __call__(self) -> ActiveAdapters:
         return self
 
 
@@ -109,7 +109,7 @@ class AdapterModel(nn.Module):
             return getattr(self.__dict__["_modules"]["model"], name)
 
     @property
-    def base_model(self) -> "AdapterModel":
+    def base_model(self) -> AdapterModel:
         """PEFT code reaches the user's model as `peft_model.base_model.model`; so can ported code."""
         return self
 
@@ -238,7 +238,7 @@ class AdapterModel(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         self._check_known(adapter_name)
         tree_changed = False
-        for path, lora in self._loras().items():
+        for lora in self._loras().values():
             if lora.has(adapter_name):
                 lora.remove(adapter_name)
                 if not lora.info:
@@ -349,12 +349,12 @@ class AdapterModel(nn.Module):
         warnings.warn(message + " Pass strict_base=True to make this an error.", stacklevel=3)
 
     def _is_noop(self, adapter_name: str) -> bool:
-        loras = [l for l in self._loras().values() if l.has(adapter_name)]
+        loras = [lora for lora in self._loras().values() if lora.has(adapter_name)]
         # A modules_to_save copy is a no-op while it still equals the module it copied.
         copies_untouched = all(
             _same_state(w.modules_to_save[adapter_name], w.original_module)
             for w in self._saved().values() if adapter_name in w.modules_to_save)
-        return copies_untouched and all(l.is_noop(adapter_name) for l in loras)
+        return copies_untouched and all(lora.is_noop(adapter_name) for lora in loras)
 
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
@@ -373,7 +373,7 @@ class AdapterModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",
-                        is_trainable: bool = False, strict_base: bool = False, **kwargs) -> "AdapterModel":
+                        is_trainable: bool = False, strict_base: bool = False, **kwargs) -> AdapterModel:
         wrapped = cls(model)
         wrapped.load_adapter(model_id, adapter_name, is_trainable=is_trainable, strict_base=strict_base)
         wrapped.set_adapter(adapter_name)

@@ -32,7 +32,7 @@ class AdapterSummary:
     weights_sha256: str
     base_name: str | None
     base_fingerprint: str | None
-    sub_adapters: list["AdapterSummary"] = field(default_factory=list)
+    sub_adapters: list[AdapterSummary] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

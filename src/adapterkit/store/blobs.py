@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from contextlib import suppress
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable

@@ -63,7 +63,7 @@ class AdapterSummary:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "AdapterSummary":
+    def from_json(cls, text: str) -> AdapterSummary:
         return cls(**json.loads(text))
 
 

@@ -23,7 +23,7 @@ class ChatExample:
     messages: tuple[dict[str, str], ...]
 
     @classmethod
-    def from_prompt(cls, prompt: str, response: str, system: str | None = None) -> "ChatExample":
+    def from_prompt(cls, prompt: str, response: str, system: str | None = None) -> ChatExample:
         head = ({"role": "system", "content": system},) if system is not None else ()
         return cls(head + ({"role": "user", "content": prompt}, {"role": "assistant", "content": response}))
 

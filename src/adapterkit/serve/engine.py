@@ -162,7 +162,7 @@ class Engine:
             seq.sink(None, "cancelled", None)
         self._running.clear()
         self._waiting.clear()
-        for fn, future in self._calls:
+        for _fn, future in self._calls:
             future.cancel()
 
     def _turn(self) -> None:

@@ -29,8 +29,8 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
                         help="uvicorn's log level (default warning; info logs every request)")
 
 
-def parse_adapters(items: list[str]) -> dict[str, str]:
-    adapters: dict[str, str] = {}
+def parse_adapters(items: list[str]) -> dict[str, str | Path]:
+    adapters: dict[str, str | Path] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapterkit.serve.adapters import ResidentAdapters
-from adapterkit.serve.engine import Engine
 from adapterkit.serve.config import ServeConfig
+from adapterkit.serve.engine import Engine
 from adapterkit.serve.metrics import ServerMetrics
 
 

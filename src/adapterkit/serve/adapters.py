@@ -77,6 +77,7 @@ class AdapterStats:
     load_failures: int = 0
     evictions: int = 0
     unloads: int = 0
+    load_seconds: float = 0.0  # wall time of successful loads (store read + install), summed
 
 
 class ResidentAdapters:
@@ -242,6 +243,7 @@ class ResidentAdapters:
         self._loading += 1
 
     async def _load(self, source: AdapterSource, internal: str) -> None:
+        started = time.perf_counter()
         try:
             with _load_errors(source):
                 if source.path is not None:
@@ -258,6 +260,7 @@ class ResidentAdapters:
             self.stats.load_failures += 1
             raise
         self.stats.loads += 1
+        self.stats.load_seconds += time.perf_counter() - started
 
     async def _retire(self, resident: Resident) -> None:
         resident.retired = True

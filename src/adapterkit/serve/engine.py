@@ -5,9 +5,10 @@ sequences (`submit`) and model changes (`call`), and read results from the
 callback each sequence carries. Each turn of the scheduler loop:
 
 1. runs the queued model changes (adapter loads and deletions), between passes;
-2. admits waiting sequences into free rows and prefills them in one pass;
-3. advances every running sequence by one token in one decode pass, each row with
-   its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
+2. admits waiting sequences into free rows and prefills them in one pass (their
+   first token comes from it; that turn has no decode pass);
+3. otherwise advances every running sequence by one token in one decode pass, each
+   row with its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
 4. drops finished and cancelled sequences at once, freeing their rows.
 
 Sequences only ever name adapters that are resident for their whole life (the

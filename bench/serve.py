@@ -241,10 +241,11 @@ async def cycle(server: Server, names: list[str], concurrency: int, checkpoints:
             group = names[start:start + concurrency]
             await asyncio.gather(*(one_request(http, n, prompt_for(2), 1) for n in group))
             done = start + len(group)
-            if done in checkpoints:
-                await asyncio.sleep(0.2)
-                rss[done] = server.rss()
-                log(f"cycled {done} adapters: server RSS {rss[done] / 2**20:.0f} MiB")
+            for point in sorted(checkpoints):
+                if done >= point and point not in rss:
+                    await asyncio.sleep(0.2)
+                    rss[point] = server.rss()
+                    log(f"cycled {done} adapters: server RSS {rss[point] / 2**20:.0f} MiB")
     return rss
 
 

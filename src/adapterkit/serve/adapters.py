@@ -71,6 +71,12 @@ class Lease:
     released: bool = False
 
 
+@dataclass(eq=False)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
 @dataclass
 class AdapterStats:
     loads: int = 0
@@ -91,7 +97,7 @@ class ResidentAdapters:
         self.named: dict[str, AdapterSource] = {}
         self.resident: dict[str, Resident] = {}
         self.stats = AdapterStats()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}
         self._loading = 0  # slots reserved by loads in progress
         self._room = asyncio.Event()  # set (and replaced) whenever a lease ends or an adapter goes
         self._counter = itertools.count(1)
@@ -161,7 +167,7 @@ class ResidentAdapters:
         resident = self.resident.get(key)
         if resident is not None:
             return resident
-        async with self._lock_for(key):
+        async with self._locked(key):
             resident = self.resident.get(key)
             if resident is None:  # the first request for it: load it once, as the others wait on the lock
                 internal = self._internal_name(key)
@@ -178,7 +184,7 @@ class ResidentAdapters:
                 f"an adapter named {name!r} is already loaded (from {self.named[name].describe()}); unload it "
                 "first, or pass \"load_inplace\": true to replace it", param="lora_name")
         source = AdapterSource(path=Path(path).expanduser())
-        async with self._lock_for(name):
+        async with self._locked(name):
             internal = self._internal_name(name)
             await self._load_into_slot(source, internal)
             old = self.resident.pop(name, None)
@@ -285,11 +291,21 @@ class ResidentAdapters:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _lock_for(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _locked(self, key: str):
+        """Hold `key`'s lock. The lock lives only while someone holds or waits for it, so cycling
+        through thousands of names leaves no lock behind."""
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[key]
 
     def _internal_name(self, key: str) -> str:
         # Never reused, so a retired adapter's weights and its replacement's coexist until the old leases end.

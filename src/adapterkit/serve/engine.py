@@ -87,12 +87,13 @@ class Engine:
         self._calls: collections.deque[tuple[Callable, Future]] = collections.deque()
         self._wake = threading.Condition()
         self._stop = False
+        self._closed = True  # no loop running: call() runs inline
         self._thread: threading.Thread | None = None
 
     # --- the handlers' side (any thread) ---------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._stop = False
+            self._stop = self._closed = False
             self._thread = threading.Thread(target=self._loop, name="adapterkit-engine", daemon=True)
             self._thread.start()
 
@@ -126,7 +127,7 @@ class Engine:
         """Run fn(model) on the engine thread between passes; the Future gets its result."""
         future: Future = Future()
         with self._wake:
-            if self._thread is None:
+            if self._closed:
                 # Not running (before start, or after stop): nothing else touches the model.
                 _run_into(fn, self.model, future)
                 return future
@@ -146,6 +147,7 @@ class Engine:
                     while not (self._stop or self._calls or self._waiting or self._running):
                         self._wake.wait()
                     if self._stop:
+                        self._closed = True  # from now on call() runs inline: this thread no longer uses the model
                         break
                     calls = list(self._calls)
                     self._calls.clear()

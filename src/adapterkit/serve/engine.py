@@ -76,6 +76,13 @@ class EngineStats:
 class Engine:
     def __init__(self, model, *, max_batch: int, max_model_len: int, max_queue: int,
                  eos_token_ids: set[int]) -> None:
+        window = getattr(model.config, "sliding_window", None)
+        if window and getattr(model.config, "use_sliding_window", True) and max_model_len > window:
+            # SlotKVCache keeps every position and masks causally only: past the window it would
+            # attend where the model was trained not to.
+            raise ValueError(f"{type(model.get_base_model()).__name__} attends through a sliding window of {window} "
+                             f"tokens, which the server's KV cache does not implement; pass --max-model-len {window} "
+                             "or less")
         self.model = model
         self.max_batch, self.max_model_len, self.max_queue = max_batch, max_model_len, max_queue
         self.eos_token_ids = frozenset(eos_token_ids)

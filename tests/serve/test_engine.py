@@ -75,3 +75,14 @@ def test_a_full_queue_refuses_a_whole_request():
     with pytest.raises(QueueFullError):
         engine.submit([_sequence([]) for _ in range(2)])  # n=2 does not fit: none of it is queued
     assert engine.stats.waiting == 2
+
+
+def test_a_sliding_window_model_is_refused_past_its_window():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
+    model = AdapterModel(MistralForCausalLM(config).eval())
+    with pytest.raises(ValueError, match="sliding window of 8"):
+        Engine(model, max_batch=1, max_model_len=32, max_queue=1, eos_token_ids=set())
+    Engine(model, max_batch=1, max_model_len=8, max_queue=1, eos_token_ids=set())  # within the window: served

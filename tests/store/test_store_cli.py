@@ -113,3 +113,15 @@ def test_long_listings_print_aligned_plain_rows(cli, make_folder, monkeypatch):
     assert code == 0 and lines[0] == "2 stored version(s)"
     assert lines[1].split()[:3] == ["ref", "tags", "method"]
     assert lines[3].startswith("p@1 ") and lines[4].startswith("p@2 ")
+
+
+@pytest.mark.parametrize("tag", ["latest", "bad tag", "7"])
+def test_put_with_a_bad_tag_stores_nothing(cli, make_folder, tmp_path, tag):
+    code, out, err = cli("put", str(make_folder()), "x", "--tag", "ok", "--tag", tag)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "not a valid tag" in err
+    assert not (tmp_path / "cli-store").exists()  # refused before the store was even opened
+    assert cli("put", str(make_folder()), "x", "--tag", "ok")[0] == 0
+    code, out, err = cli("put", str(make_folder()), "x", "--tag", tag)
+    assert code == 2
+    assert [r.ref for r in AdapterStore(cli.root).ls()] == ["x@1"]
+    assert len(list(AdapterStore(cli.root).blobs.iter_blobs())) == 2

@@ -17,7 +17,6 @@ from store_helpers import folder_bytes, write_peft_folder
 
 import adapterkit
 from adapterkit.store import AdapterNotInStoreError, AdapterStore
-from adapterkit.store.store import PAUSE_BEFORE_COMMIT_ENV
 
 WORKERS = 4
 ROUNDS = 40
@@ -83,11 +82,15 @@ def test_concurrent_put_get_rm_gc_never_corrupt_or_lose_a_version(tmp_path):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def _child_env(marker: Path) -> dict[str, str]:
+PAUSED_PUT = Path(__file__).with_name("paused_put.py")
+
+
+def _start_paused_put(root: Path, folder: Path, name: str, marker: Path) -> subprocess.Popen:
+    """A real `put` in a child process, stopped between its blob writes and its index commit."""
     src = str(Path(adapterkit.__file__).resolve().parents[1])
-    env = {**os.environ, PAUSE_BEFORE_COMMIT_ENV: str(marker)}
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, str(PAUSED_PUT), str(root), str(folder), name, str(marker)],
+                            env=env, stdin=subprocess.PIPE)
 
 
 def test_a_put_killed_before_its_commit_leaves_no_version_and_a_consistent_store(tmp_path):
@@ -97,11 +100,7 @@ def test_a_put_killed_before_its_commit_leaves_no_version_and_a_consistent_store
     store.put(kept, "victim")  # victim@1 exists before the crash
     doomed = write_peft_folder(tmp_path / "doomed", 2)
     marker = tmp_path / "paused"
-    code = (
-        "import sys; from adapterkit.store import AdapterStore; "
-        "AdapterStore(sys.argv[1]).put(sys.argv[2], 'victim')"
-    )
-    child = subprocess.Popen([sys.executable, "-c", code, str(root), str(doomed)], env=_child_env(marker))
+    child = _start_paused_put(root, doomed, "victim", marker)
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -139,8 +138,7 @@ def test_gc_in_another_process_spares_the_blobs_of_a_put_in_progress(tmp_path):
     store.put(folder, "gone")
     store.rm("gone")  # its blobs are now unreferenced: exactly what gc collects
     marker = tmp_path / "paused"
-    code = "import sys; from adapterkit.store import AdapterStore; AdapterStore(sys.argv[1]).put(sys.argv[2], 'back')"
-    child = subprocess.Popen([sys.executable, "-c", code, str(root), str(folder)], env=_child_env(marker))
+    child = _start_paused_put(root, folder, "back", marker)
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,23 +111,27 @@ class VersionRecord:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True)
+class NewVersion:
+    """A version about to be recorded; the index assigns its number."""
+
+    name: str
+    files: tuple[StoredFile, ...]
+    summary: AdapterSummary
+    base: BaseRef | None
+    metadata: Mapping = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class StoreIndex(Protocol):
     def begin_lease(self, blobs: Collection[str], ttl: float) -> str: ...
 
     def release_lease(self, lease: str) -> None: ...
 
-    def add_version(
-        self,
-        name: str,
-        files: Iterable[StoredFile],
-        summary: AdapterSummary,
-        base: BaseRef | None,
-        metadata: Mapping,
-        lease: str | None = None,
-        created_at: float | None = None,
-    ) -> VersionRecord:
-        """Record a new version (the next number for `name`) and end `lease`, atomically."""
+    def add_versions(self, versions: Sequence[NewVersion], lease: str | None = None) -> list[VersionRecord]:
+        """Record each new version (the next number for its name) with its tags, and end `lease`,
+        in one transaction: all of them, or none."""
         ...
 
     def resolve(self, name: str, selector: int | str) -> VersionRecord:
@@ -227,33 +231,51 @@ class SQLiteIndex:
             conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
 
     # --- versions ------------------------------------------------------------
-    def add_version(self, name, files, summary, base, metadata, lease=None, created_at=None) -> VersionRecord:
-        files = list(files)
-        created = time.time() if created_at is None else created_at
+    def add_versions(self, versions: Sequence[NewVersion], lease: str | None = None) -> list[VersionRecord]:
+        if not versions:
+            return []
+        created = time.time()
+        added: list[tuple[NewVersion, int, int]] = []  # (new version, its number, its row id)
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (name,))
-            (version,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (name,)).fetchone()
-            conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (version + 1, name))
-            cursor = conn.execute(
-                "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
-                " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name, version, created, summary.method, summary.rank, summary.alpha,
-                    json.dumps(summary.targets), summary.parameter_count, summary.bytes,
-                    json.dumps(summary.adapters),
-                    base.name if base else None, base.fingerprint if base else None,
-                    base.architecture if base else None, json.dumps(dict(metadata), sort_keys=True),
-                ),
-            )
-            version_id = cursor.lastrowid
-            conn.executemany(
-                "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
-                [(version_id, f.path, f.blob, f.size) for f in files],
-            )
+            for new in versions:
+                conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (new.name,))
+                (number,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (new.name,)).fetchone()
+                conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (number + 1, new.name))
+                summary, base = new.summary, new.base
+                cursor = conn.execute(
+                    "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
+                    " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.name, number, created, summary.method, summary.rank, summary.alpha,
+                        json.dumps(summary.targets), summary.parameter_count, summary.bytes,
+                        json.dumps(summary.adapters),
+                        base.name if base else None, base.fingerprint if base else None,
+                        base.architecture if base else None, json.dumps(dict(new.metadata), sort_keys=True),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
+                    [(cursor.lastrowid, f.path, f.blob, f.size) for f in new.files],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO tags (name, tag, version) VALUES (?, ?, ?)",
+                    [(new.name, tag, number) for tag in new.tags],
+                )
+                added.append((new, number, int(cursor.lastrowid or 0)))
             if lease is not None:
                 conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
-        return VersionRecord(name, version, created, summary, base, dict(metadata), (), version_id)
+            # A later version of the same import may have taken a tag over: read tags back at the end.
+            final_tags = {
+                (new.name, number): tuple(sorted(t for (t,) in conn.execute(
+                    "SELECT tag FROM tags WHERE name = ? AND version = ?", (new.name, number))))
+                for new, number, _ in added
+            }
+        return [
+            VersionRecord(new.name, number, created, new.summary, new.base, dict(new.metadata),
+                          final_tags[(new.name, number)], row_id)
+            for new, number, row_id in added
+        ]
 
     def resolve(self, name: str, selector: int | str) -> VersionRecord:
         conn = self._connection()

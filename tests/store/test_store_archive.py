@@ -9,10 +9,10 @@ import tarfile
 import pytest
 from store_helpers import FINGERPRINT_A, folder_bytes, write_peft_folder
 
-from adapterkit.store import AdapterStore, UnverifiedArchiveError
+from adapterkit.store import UnverifiedArchiveError
 
 
-def test_export_then_import_keeps_files_metadata_tags_and_base(store, make_folder, tmp_path):
+def test_export_then_import_keeps_files_metadata_tags_and_base(store, open_store, make_folder, tmp_path):
     first = make_folder(base=FINGERPRINT_A)
     store.put(first, "a", metadata={"metrics": {"em": 0.5}})
     store.put(make_folder(), "a")
@@ -25,7 +25,7 @@ def test_export_then_import_keeps_files_metadata_tags_and_base(store, make_folde
         names = tar.getnames()
     assert "a@1/adapter_config.json" in names and "a@1/adapter_model.safetensors" in names
 
-    other = AdapterStore(tmp_path / "other")
+    other = open_store(tmp_path / "other")
     imported = other.import_(tmp_path / "all.tar")
     assert [r.ref for r in imported] == ["a@1", "a@2", "b@1"]
     got = other.resolve("a@prod")
@@ -35,11 +35,11 @@ def test_export_then_import_keeps_files_metadata_tags_and_base(store, make_folde
     assert other.verify().ok
 
 
-def test_export_selected_refs_compressed(store, make_folder, tmp_path):
+def test_export_selected_refs_compressed(store, open_store, make_folder, tmp_path):
     store.put(make_folder(), "x")
     store.put(make_folder(), "y")
     store.export(tmp_path / "x.tar.gz", ["x"])
-    other = AdapterStore(tmp_path / "other")
+    other = open_store(tmp_path / "other")
     assert [r.ref for r in other.import_(tmp_path / "x.tar.gz")] == ["x@1"]
 
 

@@ -9,19 +9,19 @@ from store_helpers import FINGERPRINT_A, folder_bytes
 
 from adapterkit.cli.store_commands import SUBCOMMANDS
 from adapterkit.cli.store_commands import main as store_main
-from adapterkit.store import AdapterStore
 
 
 @pytest.fixture
-def cli(tmp_path, capsys):
+def cli(tmp_path, capsys, open_store):
     root = str(tmp_path / "cli-store")
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = store_main(["store", "--root", root, *argv])
+        code = store_main(["store", *open_store.cli_args(root), *argv])
         out, err = capsys.readouterr()
         return code, out, err
 
     run.root = root
+    run.open = lambda: open_store(root)
     return run
 
 
@@ -73,7 +73,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_adapter(cli, make_folder):
     cli("put", str(make_folder()), "fine")
     cli("put", str(make_folder()), "broken")
     assert cli("verify")[0] == 0
-    store = AdapterStore(cli.root)
+    store = cli.open()
     record = store.resolve("broken")
     weights = next(f for f in store.index.files(record) if f.path.endswith(".safetensors"))
     store.blobs.path(weights.blob).write_bytes(b"x" * 10)
@@ -123,5 +123,5 @@ def test_put_with_a_bad_tag_stores_nothing(cli, make_folder, tmp_path, tag):
     assert cli("put", str(make_folder()), "x", "--tag", "ok")[0] == 0
     code, out, err = cli("put", str(make_folder()), "x", "--tag", tag)
     assert code == 2
-    assert [r.ref for r in AdapterStore(cli.root).ls()] == ["x@1"]
-    assert len(list(AdapterStore(cli.root).blobs.iter_blobs())) == 2
+    assert [r.ref for r in cli.open().ls()] == ["x@1"]
+    assert len(list(cli.open().blobs.iter_blobs())) == 2

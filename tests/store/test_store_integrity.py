@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from store_helpers import folder_bytes
+from store_helpers import folder_bytes, gc_once_the_holder_is_gone
 
 from adapterkit.errors import CorruptAdapterFileError
 from adapterkit.store import CorruptStoredFileError
@@ -82,24 +82,22 @@ def test_gc_never_deletes_a_blob_leased_by_a_put_in_progress(store, make_folder)
     assert store.gc(grace_s=0).blobs_deleted == len(blobs)
 
 
-def test_gc_ignores_leases_of_exited_processes(store, make_folder):
+def test_gc_ignores_leases_of_exited_processes(store, open_store, make_folder, tmp_path):
     import multiprocessing
 
     store.put(make_folder(), "x")
     store.rm("x")
     blobs = [b.sha256 for b in store.blobs.iter_blobs()]
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=_lease_and_exit, args=(store.root, blobs))
+    child = ctx.Process(target=_lease_and_exit, args=(open_store, tmp_path / "store", blobs))
     child.start()
     child.join()
     assert child.exitcode == 0
-    assert store.gc(grace_s=0).blobs_deleted == len(blobs)
+    assert gc_once_the_holder_is_gone(store) == len(blobs)
 
 
-def _lease_and_exit(root, blobs):
-    from adapterkit.store import AdapterStore
-
-    AdapterStore(root).index.begin_lease(blobs, ttl=3600)
+def _lease_and_exit(open_store, root, blobs):
+    open_store(root).index.begin_lease(blobs, ttl=3600)
 
 
 def _damage(path, how: str) -> None:

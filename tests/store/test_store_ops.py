@@ -179,7 +179,8 @@ def test_get_refuses_a_non_empty_destination(store, make_folder, tmp_path):
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
 
 
-def test_index_is_sqlite_in_wal_mode(store):
+def test_index_is_sqlite_in_wal_mode(tmp_path):
+    store = AdapterStore(tmp_path / "s")
     conn = sqlite3.connect(store.root / "index.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -193,9 +194,9 @@ def test_default_root_follows_adapterkit_home_then_xdg(monkeypatch, tmp_path):
     assert AdapterStore().root == tmp_path / "xdg" / "adapterkit" / "store"
 
 
-def test_store_reopens_with_its_contents(tmp_path, make_folder):
-    AdapterStore(tmp_path / "s").put(make_folder(), "persist", metadata={"k": 1})
-    again = AdapterStore(tmp_path / "s")
+def test_store_reopens_with_its_contents(tmp_path, make_folder, open_store):
+    open_store(tmp_path / "s").put(make_folder(), "persist", metadata={"k": 1})
+    again = open_store(tmp_path / "s")
     assert again.resolve("persist").metadata == {"k": 1}
     assert json.loads(json.dumps(again.du().versions)) == 1
 
@@ -255,3 +256,12 @@ def test_put_with_tags_commits_version_and_tags_together(store, make_folder):
     record = store.put(make_folder(), "t", tags=["prod", "canary", "prod"])
     assert record.tags == ("canary", "prod")
     assert store.resolve("t@canary").version == record.version == 1
+
+
+def test_ls_globs_match_as_shell_globs(store, make_folder):
+    for name in ("alpha", "beta", "gamma", "a.b", "a_b", "org/x"):
+        store.put(make_folder(), name)
+    cases = {"[ab]*": ["a.b", "a_b", "alpha", "beta"], "?eta": ["beta"], "a.*": ["a.b"], "a_*": ["a_b"],
+             "[^ab]*": ["gamma", "org/x"], "org/*": ["org/x"], "*[!]*": []}
+    for pattern, expected in cases.items():
+        assert [r.name for r in store.ls(pattern)] == expected, pattern

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from datetime import datetime
@@ -36,6 +37,9 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     store = subparsers.add_parser("store", help="keep many adapters: versioned, verified, bound to their base",
                                   description=description)
     store.add_argument("--root", help="store folder (default: $ADAPTERKIT_HOME/store or ~/.cache/adapterkit/store)")
+    store.add_argument("--store-url", default=os.environ.get("ADAPTERKIT_STORE_URL") or None, metavar="URL",
+                       help="keep the index in PostgreSQL (postgresql://user@host/db, default $ADAPTERKIT_STORE_URL) "
+                            "so many hosts share one store; files then go to ROOT/blobs, a folder they all reach")
     sub = store.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     module = sys.modules[__name__]
     for name, (help_text, add_name, run_name) in SUBCOMMANDS.items():
@@ -57,7 +61,10 @@ def _guarded(name: str, run):
     def guarded(args) -> int:
         try:
             return int(run(args) or 0)
-        except (AdapterError, OSError, ValueError, KeyError, sqlite3.Error) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (AdapterError, OSError, ValueError, KeyError, sqlite3.Error)) \
+                    and not type(exc).__module__.startswith("psycopg"):
+                raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"adapterkit store {name}: error: {text}", file=sys.stderr)
             return 2
@@ -66,8 +73,12 @@ def _guarded(name: str, run):
 
 
 def _store(args):
-    from adapterkit.store import AdapterStore
+    from pathlib import Path
 
+    from adapterkit.store import AdapterStore, default_store_root
+
+    if args.store_url:
+        return AdapterStore(args.store_url, blobs=Path(args.root or default_store_root()) / "blobs")
     return AdapterStore(args.root)
 
 

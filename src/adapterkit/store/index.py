@@ -7,8 +7,9 @@ server database can meet the same protocol.
 
 Leases make garbage collection safe against a concurrent `put`: a put leases
 the blobs it is about to write before writing them, and `collect` never
-deletes a leased blob. A lease dies when it expires or, on the same host, when
-the process that took it has exited (killed mid-put, say).
+deletes a leased blob. In SQLite a lease dies when it expires or, on the same
+host, when the process that took it has exited (killed mid-put, say); a SQLite
+store is for one host. PostgresIndex ties a lease to its database session instead.
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ class StoreIndex(Protocol):
     def record_base(self, base: BaseRef, parameter_bytes: int) -> None: ...
 
     def base_sizes(self) -> dict[str, int]: ...
+
+    def size_bytes(self) -> int:
+        """What the index itself takes (files, or tables), for `du`."""
+        ...
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        ...
 
 
 class SQLiteIndex:
@@ -387,6 +396,9 @@ class SQLiteIndex:
 
     def base_sizes(self) -> dict[str, int]:
         return dict(self._connection().execute("SELECT fingerprint, parameter_bytes FROM bases"))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
 
     # --- rows -> records -------------------------------------------------
     def _records(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[VersionRecord]:

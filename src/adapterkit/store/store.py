@@ -49,6 +49,7 @@ from adapterkit.store.errors import (
     UnverifiedArchiveError,
 )
 from adapterkit.store.index import NewVersion, SQLiteIndex, StoredFile, StoreIndex, VersionRecord
+from adapterkit.store.postgres_index import PostgresIndex, is_postgres_url
 from adapterkit.store.refs import check_name, check_tag, parse_ref
 from adapterkit.store.summary import CONFIG_NAME, BaseRef, FolderContents, read_folder
 
@@ -124,17 +125,37 @@ class AdapterStore:
         root: str | os.PathLike[str] | None = None,
         *,
         index: StoreIndex | None = None,
-        blobs: BlobStore | None = None,
+        blobs: BlobStore | str | os.PathLike[str] | None = None,
         durable: bool = True,
         lease_ttl_s: float = 6 * 3600.0,
     ) -> None:
+        """A store in folder `root` (SQLite index + blobs), or on a PostgreSQL server.
+
+        `AdapterStore("postgresql://user@host/db", blobs="/shared/adapterkit/blobs")` keeps the
+        index in PostgreSQL and the blobs in a folder (or any BlobStore) every host can reach.
+        """
+        if is_postgres_url(root):
+            if blobs is None:
+                raise StoreError("a postgresql:// store keeps its files elsewhere: pass blobs=FOLDER "
+                                 "(a path every host can reach) or a BlobStore")
+            self.url: str | None = str(root)
+            index = index if index is not None else PostgresIndex(str(root))
+            root = blobs if isinstance(blobs, (str, os.PathLike)) else getattr(blobs, "root", None)
+            if root is None:
+                raise StoreError("pass blobs=FOLDER, or a BlobStore with a `root` folder, for a postgresql:// store")
+        else:
+            self.url = None
         self.root = Path(root).expanduser() if root is not None else default_store_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        if isinstance(blobs, (str, os.PathLike)):
+            blobs = LocalBlobStore(blobs, durable=durable)
         self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(self.root / "blobs", durable=durable)
         self.index: StoreIndex = index if index is not None else SQLiteIndex(self.root / "index.sqlite", durable=durable)
         self.lease_ttl_s = lease_ttl_s
 
     def __repr__(self) -> str:
+        if self.url is not None:
+            return f"AdapterStore({self.index.describe()!r}, blobs={str(self.root)!r})"  # type: ignore[attr-defined]
         return f"AdapterStore({str(self.root)!r})"
 
     # --- put ------------------------------------------------------------
@@ -341,7 +362,7 @@ class AdapterStore:
             logical += size * len(holders)
         base_sizes = self.index.base_sizes()
         known = [base_sizes[r.base.fingerprint] for r in records if r.base and r.base.fingerprint in base_sizes]
-        index_bytes = sum(p.stat().st_size for p in self.root.glob("index.sqlite*") if p.is_file())
+        index_bytes = self.index.size_bytes()
         return DiskUsage(
             versions=len(records),
             names=len({r.name for r in records}),

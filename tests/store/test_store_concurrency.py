@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from store_helpers import folder_bytes, gc_once_the_holder_is_gone, write_peft_folder
 
 import adapterkit
-from adapterkit.store import AdapterNotInStoreError
+from adapterkit.store import AdapterNotInStoreError, AdapterStore
 
 WORKERS = 4
 ROUNDS = 40
@@ -174,3 +175,54 @@ def test_threads_sharing_one_store_object(tmp_path, open_store):
         refs = [ref for chunk in pool.map(work, range(4)) for ref in chunk]
     assert sorted(refs) == sorted(r.ref for r in store.ls()) and len(set(refs)) == 20
     assert store.verify().ok
+
+
+def _open_index_files(root: Path) -> list[str]:
+    """Paths of this process's open descriptors onto the store's SQLite files."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root / "index.sqlite")):
+            found.append(target)
+    return found
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd (Linux)")
+
+
+@needs_proc
+def test_a_dropped_sqlite_store_closes_its_files_at_once(tmp_path, make_folder):
+    """sqlite3 connections sit in a reference cycle; left to the cyclic gc, one stayed open across
+    a fork and the forked writers' commits were lost (the concurrency test above caught it)."""
+    import gc
+
+    root = tmp_path / "store"
+    store = AdapterStore(root)
+    store.put(make_folder(), "x")
+    assert _open_index_files(root)
+    was_enabled = gc.isenabled()
+    gc.disable()  # only reference counting: what happens between two cyclic collections
+    try:
+        del store
+        assert _open_index_files(root) == []
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@needs_proc
+def test_a_forked_child_inherits_no_open_sqlite_file(tmp_path, make_folder):
+    root = tmp_path / "store"
+    store = AdapterStore(root)
+    store.put(make_folder(), "x")  # the parent keeps using it
+    assert _open_index_files(root)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=lambda: results.put(_open_index_files(root)))
+    child.start()
+    assert results.get(timeout=60) == []
+    child.join(30)
+    assert store.put(make_folder(), "x").version == 2  # reopened on next use

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from adapterkit.store.errors import AdapterNotInStoreError, StoreError
-from adapterkit.store.index import _SELECT, NewVersion, StoredFile, VersionRecord, _gc_paused, _record
+from adapterkit.store.index import SELECT_VERSIONS, NewVersion, StoredFile, VersionRecord, build_records, not_found_message
 from adapterkit.store.summary import BaseRef
 
 _SCHEMA_VERSION = 1
@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS bases (
 );
 """
 _TABLES = ("names", "versions", "files", "tags", "leases", "bases", "adapterkit_meta")
-_NOW = "extract(epoch from clock_timestamp())"
+_NOW = "extract(epoch from clock_timestamp())::float8"  # the server's clock, in seconds
 
 
 def is_postgres_url(value: object) -> bool:
@@ -216,14 +216,14 @@ class PostgresIndex:
     def resolve(self, name: str, selector: int | str) -> VersionRecord:
         conn = self._connection()
         if isinstance(selector, int):
-            rows = conn.execute(_SELECT + " WHERE name = %s AND version = %s", (name, selector)).fetchall()
+            rows = conn.execute(SELECT_VERSIONS + " WHERE name = %s AND version = %s", (name, selector)).fetchall()
             what = f"{name}@{selector}"
         elif selector == "latest":
-            rows = conn.execute(_SELECT + " WHERE name = %s ORDER BY version DESC LIMIT 1", (name,)).fetchall()
+            rows = conn.execute(SELECT_VERSIONS + " WHERE name = %s ORDER BY version DESC LIMIT 1", (name,)).fetchall()
             what = name
         else:
             rows = conn.execute(
-                _SELECT + " WHERE name = %s AND version = (SELECT version FROM tags WHERE name = %s AND tag = %s)",
+                SELECT_VERSIONS + " WHERE name = %s AND version = (SELECT version FROM tags WHERE name = %s AND tag = %s)",
                 (name, name, selector),
             ).fetchall()
             what = f"{name}@{selector}"
@@ -257,16 +257,16 @@ class PostgresIndex:
             clauses.append("version = (SELECT MAX(version) FROM versions w WHERE w.name = v.name)")
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         conn = self._connection()
-        rows = conn.execute(_SELECT + where + " ORDER BY name COLLATE \"C\", version", params).fetchall()
+        rows = conn.execute(SELECT_VERSIONS + where + " ORDER BY name COLLATE \"C\", version", params).fetchall()
         return self._records(conn, rows)
 
     def remove(self, name: str, version: int | None = None) -> list[VersionRecord]:
         conn = self._connection()
         with conn.transaction():
             if version is None:
-                rows = conn.execute(_SELECT + " WHERE name = %s FOR UPDATE", (name,)).fetchall()
+                rows = conn.execute(SELECT_VERSIONS + " WHERE name = %s FOR UPDATE", (name,)).fetchall()
             else:
-                rows = conn.execute(_SELECT + " WHERE name = %s AND version = %s FOR UPDATE", (name, version)).fetchall()
+                rows = conn.execute(SELECT_VERSIONS + " WHERE name = %s AND version = %s FOR UPDATE", (name, version)).fetchall()
             if not rows:
                 raise AdapterNotInStoreError(self._not_found(conn, name, name if version is None else f"{name}@{version}"))
             records = self._records(conn, rows)
@@ -352,28 +352,13 @@ class PostgresIndex:
             tag_rows = conn.execute("SELECT name, version, tag FROM tags WHERE name = %s", (rows[0][1],)).fetchall()
         else:
             tag_rows = conn.execute("SELECT name, version, tag FROM tags").fetchall()
-        tags: dict[tuple[str, int], list[str]] = {}
-        for tag_name, tag_version, tag in tag_rows:
-            tags.setdefault((tag_name, tag_version), []).append(tag)
-        parsed: dict[str, object] = {}
-
-        def cached(text: str):
-            if text not in parsed:
-                parsed[text] = json.loads(text)
-            value = parsed[text]
-            return list(value) if isinstance(value, list) else value
-
-        with _gc_paused():
-            return [_record(row, cached, tags) for row in rows]
+        return build_records(rows, tag_rows)
 
     def _not_found(self, conn, name: str, what: str) -> str:
         versions = [v for (v,) in conn.execute("SELECT version FROM versions WHERE name = %s ORDER BY version",
                                                (name,)).fetchall()]
-        if not versions:
-            return f"no adapter named {name!r} in the store; `adapterkit store ls` lists what is there"
         tags = [t for (t,) in conn.execute("SELECT tag FROM tags WHERE name = %s ORDER BY tag", (name,)).fetchall()]
-        known = ", ".join(f"@{v}" for v in versions[-10:]) + (f"; tags: {', '.join(tags)}" if tags else "")
-        return f"{what} is not in the store; {name} has versions {known}"
+        return not_found_message(name, what, versions, tags)
 
 
 def _glob_to_regex(pattern: str) -> str:

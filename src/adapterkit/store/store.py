@@ -5,6 +5,9 @@ Layout under the root:
     index.sqlite        names, versions, tags, manifests, leases (SQLiteIndex)
     blobs/ab/abcd...    file contents by SHA-256 (LocalBlobStore)
 
+or, for a store many hosts share, the index on a PostgreSQL server (PostgresIndex)
+and the blobs in a folder they all reach: AdapterStore("postgresql://...", blobs=FOLDER).
+
 A version is a manifest (relative path -> blob) plus a summary; it never changes
 once written. `put` hashes the files, leases their blobs, writes the blobs, then
 records the version and ends the lease in one transaction: a crash before that

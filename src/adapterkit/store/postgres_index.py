@@ -149,10 +149,13 @@ class PostgresIndex:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
             with conn.cursor() as cur:
+                # backend_start is NOT NULL: a server that hides this session's start fails here, loudly,
+                # rather than granting leases gc could not tell alive.
                 cur.executemany(
                     "INSERT INTO leases (lease, blob, backend_pid, backend_start, expires_at)"
-                    " SELECT %s, %s, pid, backend_start, " + _NOW + " + %s"
-                    " FROM pg_stat_activity WHERE pid = pg_backend_pid() ON CONFLICT DO NOTHING",
+                    " VALUES (%s, %s, pg_backend_pid(),"
+                    " (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()), " + _NOW + " + %s)"
+                    " ON CONFLICT DO NOTHING",
                     [(lease, blob, ttl) for blob in blobs],
                 )
         return lease

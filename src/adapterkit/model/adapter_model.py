@@ -281,6 +281,27 @@ class AdapterModel(nn.Module):
     def enable_adapters(self) -> None:
         self.routing.disabled = False
 
+    # --- combining and hot-swapping (model/combine.py, model/hotswap.py) -------------------
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", svd_rank: int | None = None,
+                             svd_clamp: float | None = None, svd_full_matrices: bool = True,
+                             svd_driver: str | None = None, density: float | None = None,
+                             majority_sign_method: str = "total") -> None:
+        """Add `adapter_name`, a weighted combination of loaded adapters (PEFT's signature and types:
+        cat, linear, svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd,
+        magnitude_prune, magnitude_prune_svd). Everything is checked before the model changes."""
+        from adapterkit.model.combine import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, svd_clamp,
+                             svd_full_matrices, svd_driver, density, majority_sign_method)
+
+    def hotswap_adapter(self, model_id: str | os.PathLike, adapter_name: str = "default") -> None:
+        """Replace the weights of loaded adapter `adapter_name` in place with those of a folder of the same
+        or a smaller rank (zero-padded), without re-injecting: a torch.compile'd model does not recompile."""
+        from adapterkit.model.hotswap import hotswap_adapter
+
+        hotswap_adapter(self, model_id, adapter_name=adapter_name)
+
     # --- saving -----------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
         """The adapter's tensors keyed as in PEFT's adapter_model.safetensors."""

@@ -17,7 +17,7 @@ from peft import get_peft_model as peft_get_peft_model
 from peft.tuners.lora.model import LoraModel
 
 from adapterkit import AdapterModel
-from helpers import FACTORIES, logits, max_diff, randomize_adapter
+from helpers import FACTORIES, logits, max_diff
 
 TOL = 1e-5
 SEED = 1234

@@ -73,6 +73,17 @@ def test_hotswap_equals_a_fresh_load_and_peft(name, folders):
     assert max_diff(expected, logits(_fresh(folders / "first"))) > 1e-3  # the swap did change the outputs
 
 
+def test_mixed_batches_use_the_swapped_scale(folders):
+    """Mixed batches read the scale from the rank pack, not from the per-adapter float: both change."""
+    ours = _fresh(folders / "first")
+    ours.hotswap_adapter(folders / "smaller_alpha")
+    ids = input_ids(batch=2)
+    with torch.no_grad():
+        mixed = ours(input_ids=ids, adapter_names=["default", "__base__"]).logits
+    assert max_diff(mixed[:1], logits(_fresh(folders / "smaller_alpha"), ids)[:1]) <= TOL
+    assert max_diff(mixed[1:], logits(tiny_llama(), ids)[1:]) <= TOL
+
+
 def test_saving_after_a_swap_writes_the_swapped_adapter(folders, tmp_path):
     ours = _fresh(folders / "first")
     ours.hotswap_adapter(folders / "smaller_alpha")

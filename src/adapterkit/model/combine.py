@@ -144,7 +144,7 @@ def check_options(combination_type, density, sign_method, svd_rank=None, svd_cla
             raise AdapterCombinationError(
                 f"combination_type={combination_type!r} prunes the adapters: pass density, the fraction of "
                 "entries to keep, in (0, 1].")
-        if isinstance(density, bool) or not isinstance(density, Real) or not 0 < density <= 1:
+        if isinstance(density, bool) or not isinstance(density, Real) or not 0 < float(density) <= 1:
             raise AdapterCombinationError(
                 f"density must be a number in (0, 1] (the fraction of entries kept), got {density!r}.")
     if combination_type in SIGN_TYPES and sign_method not in SIGN_METHODS:
@@ -153,7 +153,7 @@ def check_options(combination_type, density, sign_method, svd_rank=None, svd_cla
     if svd_rank is not None and (isinstance(svd_rank, bool) or not isinstance(svd_rank, int) or svd_rank <= 0):
         raise AdapterCombinationError(f"svd_rank must be a positive integer or None, got {svd_rank!r}.")
     if svd_clamp is not None and (isinstance(svd_clamp, bool) or not isinstance(svd_clamp, Real)
-                                  or not 0 <= svd_clamp <= 1):
+                                  or not 0 <= float(svd_clamp) <= 1):
         raise AdapterCombinationError(f"svd_clamp must be a quantile in [0, 1] or None, got {svd_clamp!r}.")
 
 

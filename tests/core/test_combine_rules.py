@@ -102,3 +102,12 @@ def test_svd_pads_a_rank_above_the_matrix_rank_with_zeros():
     assert new_A.shape == (6, 4) and new_B.shape == (3, 6)
     assert torch.allclose(new_B @ new_A, B @ A, atol=1e-5)
     assert bool((new_A[3:] == 0).all()) and bool((new_B[:, 3:] == 0).all())
+
+
+def test_a_tied_vote_elects_plus():
+    """Two tasks of opposite signs: "frequency" ties at 0, and PEFT's rule elects +."""
+    tasks = [torch.tensor([[2.0, -1.0]]), torch.tensor([[-3.0, 4.0]])]
+    merged = merge_tensors("ties", tasks, torch.tensor([1.0, 1.0]), density=1.0, sign_method="frequency")
+    assert torch.equal(merged, torch.tensor([[2.0, 4.0]]))
+    total = merge_tensors("ties", [tasks[0], -tasks[0]], torch.tensor([1.0, 1.0]), density=1.0, sign_method="total")
+    assert torch.equal(total, torch.tensor([[2.0, 1.0]]))  # sums of 0: + is elected, the positive entry kept

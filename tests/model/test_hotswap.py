@@ -9,7 +9,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel
 from peft import get_peft_model as peft_get_peft_model
 from peft.utils.hotswap import hotswap_adapter as peft_hotswap_adapter
-from torch._dynamo.testing import CompileCounter
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import adapterkit
 from adapterkit import AdapterModel, LoraConfig
@@ -34,16 +34,17 @@ FOLDERS = {
     "dropout": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
     "bias": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias="all"),
     "head": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"]),
+    "pissa": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa"),
 }
 SWAPPABLE = ["same", "smaller", "alpha", "smaller_alpha", "subset", "patterns"]
-REFUSED = ["larger", "more_modules", "dropout", "bias", "head"]
+REFUSED = ["larger", "more_modules", "dropout", "bias", "head", "pissa"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hotswap")
     for seed, (name, kwargs) in enumerate(FOLDERS.items()):
-        model = peft_get_peft_model(tiny_llama(), PeftLoraConfig(init_lora_weights=False, **kwargs))
+        model = peft_get_peft_model(tiny_llama(), PeftLoraConfig(**{"init_lora_weights": False, **kwargs}))
         randomize_adapter(model, seed=seed)
         model.save_pretrained(root / name)
     return root
@@ -94,10 +95,11 @@ def test_saving_after_a_swap_writes_the_swapped_adapter(folders, tmp_path):
     assert max_diff(logits(PeftModel.from_pretrained(tiny_llama(), tmp_path / "saved").eval()), expected) <= TOL
 
 
-def test_compiled_model_does_not_recompile(folders):
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_model_does_not_recompile(folders, backend):
     ours = _fresh(folders / "first")
     adapterkit.prepare_model_for_compiled_hotswap(ours)  # scales become tensors: alpha may change too
-    counter = CompileCounter()
+    counter = CompileCounterWithBackend(backend)  # counts frames, then compiles with `backend`
     compiled = torch.compile(ours, backend=counter)
     ids = input_ids()
     with torch.no_grad():

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapterkit.core.config import LoraConfig
+from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.layer import lora_scale
 from adapterkit.errors import HotswapError
 from adapterkit.io.fingerprint import BaseFingerprint
@@ -86,6 +86,11 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
         raise HotswapError(
             f"{adapter_name!r} is merged into the base weights (e.g. {merged[0]}); swapping now would corrupt them "
             "on unmerge. Call unmerge_adapter() first.")
+    pissa_like = [c.init_lora_weights for c in (old, new) if is_base_init(c.init_lora_weights)]
+    if pissa_like:
+        raise HotswapError(
+            f"init_lora_weights={pissa_like[0]!r} ties an adapter to a residual base weight, which a hotswap "
+            "cannot change. Swap plain LoRA adapters (convert with path_initial_model_for_weight_conversion).")
     for name in ("lora_dropout", "bias"):  # PEFT refuses these too: they are not in the tensors
         if getattr(old, name) != getattr(new, name):
             raise HotswapError(

@@ -128,3 +128,23 @@ def test_combined_adapter_saves_and_reloads_in_peft_and_adapterkit(tmp_path):
     assert max_diff(logits(ours), expected) <= TOL
     theirs = PeftModel.from_pretrained(tiny_llama(), tmp_path / "mix" / "mix").eval()
     assert max_diff(logits(theirs), expected) <= TOL
+
+
+def test_a_combination_is_cached_by_its_definition():
+    from adapterkit.model.combine import ensure_weighted_adapter
+
+    model, other = _model(), _model()
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    name = ensure_weighted_adapter(model, ["default", "b"], [1.0, 0.5], "dare_ties", density=0.5, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    assert ensure_weighted_adapter(model, ["default", "b"], [1, 0.5], "dare_ties", density=0.5, seed=3) == name
+    assert sum(n.startswith("combination-") for n in model.peft_config) == 1  # reused, not added twice
+    again = ensure_weighted_adapter(other, ["default", "b"], [1.0, 0.5], "dare_ties", density=0.5, seed=3)
+    assert again == name
+    for path, lora in model._loras().items():  # same seed, same masks, on another model
+        if lora.has(name):
+            assert torch.equal(lora.delta_weight(name), other._loras()[path].delta_weight(name)), path
+    different = {ensure_weighted_adapter(model, ["default", "b"], w, "dare_ties", density=d, seed=s)
+                 for w, d, s in [([1.0, 0.6], 0.5, 3), ([1.0, 0.5], 0.4, 3), ([1.0, 0.5], 0.5, 4)]}
+    assert len(different) == 3 and name not in different

@@ -17,6 +17,8 @@ Differences from PEFT 0.21.2, on purpose:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +61,34 @@ def add_weighted_adapter(model: AdapterModel, adapters: Sequence[str], weights: 
     # first adapter was loaded for inference only.
     model._install(adapter_name, plan.config, plan.targets, plan.saved, not plan.config.inference_mode,
                    None, False, factors=plan.factors)
+
+
+def combination_name(adapters: Sequence[str], weights: Sequence[float], combination_type: str = "linear",
+                     density: float | None = None, majority_sign_method: str = "total", svd_rank: int | None = None,
+                     seed: int = 0) -> str:
+    """A name that is a function of the combination's definition (LoRAX's merged_adapters: ids,
+    weights, strategy, density), so a server can cache a combination per definition."""
+    definition = json.dumps([list(adapters), [float(w) for w in weights], combination_type, density,
+                             majority_sign_method, svd_rank, seed], sort_keys=True)
+    return "combination-" + hashlib.sha256(definition.encode()).hexdigest()[:16]
+
+
+def ensure_weighted_adapter(model: AdapterModel, adapters: Sequence[str], weights: Sequence[float],
+                            combination_type: str = "linear", density: float | None = None,
+                            majority_sign_method: str = "total", svd_rank: int | None = None, seed: int = 0) -> str:
+    """The name of the combination with this definition, added on first use and reused after.
+
+    DARE's random masks are drawn from `seed` in a forked random state: the same definition gives
+    the same adapter on every model, and the caller's random state is left as it was. The name
+    covers the definition, not the source weights: delete the combination when a source changes.
+    """
+    name = combination_name(adapters, weights, combination_type, density, majority_sign_method, svd_rank, seed)
+    if name not in model.peft_config:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            add_weighted_adapter(model, adapters, weights, name, combination_type, svd_rank=svd_rank,
+                                 density=density, majority_sign_method=majority_sign_method)
+    return name
 
 
 def plan_combination(model: AdapterModel, adapters, weights, adapter_name, combination_type="svd", svd_rank=None,

@@ -148,3 +148,15 @@ def test_a_combination_is_cached_by_its_definition():
     different = {ensure_weighted_adapter(model, ["default", "b"], w, "dare_ties", density=d, seed=s)
                  for w, d, s in [([1.0, 0.6], 0.5, 3), ([1.0, 0.5], 0.4, 3), ([1.0, 0.5], 0.5, 4)]}
     assert len(different) == 3 and name not in different
+
+
+def test_a_bad_cached_combination_is_a_typed_error():
+    from adapterkit.model.combine import ensure_weighted_adapter
+
+    model = _model()
+    for weights in (["x", 1.0], [None, 1.0], [1.0]):
+        with pytest.raises(AdapterCombinationError):
+            ensure_weighted_adapter(model, ["default", "b"], weights, "linear")
+    with pytest.raises(UnknownAdapterError):
+        ensure_weighted_adapter(model, ["default", "nope"], [1.0, 1.0], "linear")
+    assert not any(n.startswith("combination-") for n in model.peft_config)

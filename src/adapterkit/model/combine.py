@@ -68,8 +68,9 @@ def combination_name(adapters: Sequence[str], weights: Sequence[float], combinat
                      seed: int = 0) -> str:
     """A name that is a function of the combination's definition (LoRAX's merged_adapters: ids,
     weights, strategy, density), so a server can cache a combination per definition."""
-    definition = json.dumps([list(adapters), [float(w) for w in weights], combination_type, density,
-                             majority_sign_method, svd_rank, seed], sort_keys=True)
+    numbers = [float(w) if isinstance(w, Real) and not isinstance(w, bool) else repr(w) for w in weights]
+    definition = json.dumps([list(adapters), numbers, combination_type, density, majority_sign_method, svd_rank,
+                             seed], sort_keys=True, default=repr)  # bad values get a name; the add refuses them
     return "combination-" + hashlib.sha256(definition.encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ from peft.utils.hotswap import hotswap_adapter as peft_hotswap_adapter
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import adapterkit
-from adapterkit import AdapterModel, LoraConfig
+from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.errors import AdapterError, HotswapError, UnknownAdapterError
 from helpers import input_ids, logits, max_diff, randomize_adapter, tiny_llama
 
@@ -113,6 +113,29 @@ def test_compiled_model_does_not_recompile(folders, backend):
             assert max_diff(out, logits(_fresh(folders / name), ids)) <= TOL, name
 
 
+def test_padding_to_a_target_rank_lets_larger_ranks_swap_in_without_recompiling(folders, tmp_path):
+    ours = _fresh(folders / "first")
+    ours.load_adapter(folders / "smaller", adapter_name="other")
+    expected = logits(ours)
+    adapterkit.prepare_model_for_compiled_hotswap(ours, target_rank=8)
+    assert max_diff(logits(ours), expected) == 0.0  # zero-padding changes nothing
+    assert {lora.info[n].rank for lora in ours._loras().values() for n in lora.info} == {8}
+    ours.save_pretrained(tmp_path / "padded")  # the config now says r=8, with the same scales
+    assert max_diff(logits(_fresh(tmp_path / "padded")), expected) <= TOL
+    counter = CompileCounter()
+    compiled = torch.compile(ours, backend=counter)
+    ids = input_ids()
+    with torch.no_grad():
+        compiled(input_ids=ids)
+        for name in ("larger", "smaller_alpha", "patterns"):
+            adapterkit.hotswap_adapter(compiled, folders / name)
+            assert max_diff(compiled(input_ids=ids).logits, logits(_fresh(folders / name), ids)) <= TOL, name
+    assert counter.frame_count == 1
+    for bad in (4, 0, -1, "8", True, 2.5):
+        with pytest.raises(HotswapError):
+            adapterkit.prepare_model_for_compiled_hotswap(_fresh(folders / "larger"), target_rank=bad)
+
+
 def test_compiled_unprepared_model_refuses_a_scale_change(folders):
     ours = _fresh(folders / "first")
     counter = CompileCounter()
@@ -175,3 +198,11 @@ def _wider_llama():
 
     return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+
+
+def test_padding_keeps_a_trainable_adapter_trainable():
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    adapterkit.prepare_model_for_compiled_hotswap(model, target_rank=4)
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 4 and all(4 in p.shape for p in trainable)  # A and B of 2 layers, rank 4
+    assert model.peft_config["default"].r == 4 and model.peft_config["default"].lora_alpha == 8

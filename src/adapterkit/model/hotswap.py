@@ -53,18 +53,70 @@ def unwrap_compiled(model):
     return inner, inner is not model
 
 
-def prepare_model_for_compiled_hotswap(model) -> None:
-    """Make every adapter's scale a 0-d tensor, so a later hotswap that changes alpha / r fills it
-    in place instead of recompiling. Call it after loading the first adapter, before torch.compile."""
+def prepare_model_for_compiled_hotswap(model, target_rank: int | None = None) -> None:
+    """Get a model ready for hotswaps under torch.compile; call it after loading the first adapter(s),
+    before compiling (PEFT's function of the same name).
+
+    - Every adapter's scale becomes a 0-d tensor, so a swap that changes alpha / r fills it in place.
+    - `target_rank`: every adapter is zero-padded to this rank (outputs unchanged), so adapters up to
+      that rank can be swapped in later; padding re-creates the adapter's parameters, which is why it
+      must happen before compiling.
+    """
     inner, compiled = unwrap_compiled(model)
     if compiled:
         raise HotswapError(
             "prepare_model_for_compiled_hotswap was called on a compiled model: converting the scales now would "
             "recompile it. Call it on the model before torch.compile.")
-    for lora in inner._loras().values():
+    loras = inner._loras()
+    if target_rank is not None:
+        _check_target_rank(inner, loras, target_rank)
+        for name in list(inner.peft_config):
+            _pad_adapter(inner, loras, name, target_rank)
+    for lora in loras.values():
         for info in lora.info.values():
             if not isinstance(info.scale, torch.Tensor):
                 info.scale = torch.tensor(float(info.scale), device=lora.packs[info.rank].device)
+
+
+def _check_target_rank(model, loras, target_rank) -> None:
+    if isinstance(target_rank, bool) or not isinstance(target_rank, int) or target_rank <= 0:
+        raise HotswapError(f"target_rank must be a positive integer, got {target_rank!r}.")
+    larger = [f"{name} at {path} (rank {lora.info[name].rank})" for path, lora in loras.items()
+              for name in lora.info if lora.info[name].rank > target_rank]
+    if larger:
+        raise HotswapError(f"target_rank={target_rank} is below the rank of {larger[:3]}; pass the largest rank.")
+    merged = sorted({name for lora in loras.values() for name in lora.merged})
+    if merged:
+        raise HotswapError(f"{merged} are merged into the base weights; call unmerge_adapter() before padding.")
+
+
+@torch.no_grad()
+def _pad_adapter(model, loras, name: str, target_rank: int) -> None:
+    """Re-add `name` at `target_rank` wherever its rank is smaller, its factors zero-padded and
+    its scale kept; then describe the result in its config."""
+    padded = False
+    for lora in loras.values():
+        if not lora.has(name) or lora.info[name].rank == target_rank:
+            continue
+        info = lora.info[name]
+        A, B = lora.lora_A[name].detach().clone(), lora.lora_B[name].detach().clone()
+        scale, dropout = float(info.scale), info.dropout
+        lora.remove(name)
+        lora.add(name, target_rank, scale * target_rank, dropout, False, init=None, trainable=False)
+        _set_scale(lora, name, scale)  # exactly the old value, not (s·r)/r
+        lora.lora_A[name].zero_()
+        lora.lora_B[name].zero_()
+        lora.lora_A[name][: A.shape[0]].copy_(A)
+        lora.lora_B[name][:, : B.shape[1]].copy_(B)
+        padded = True
+    if not padded:
+        return
+    model._ownership.pop(name, None)  # new parameter objects: the cached list is stale
+    model._set_requires_grad({name: name in model.routing.active and model._trainable.get(name, False)})
+    config = model.peft_config[name]
+    described = _describe(config, {p: lora for p, lora in loras.items() if lora.has(name)}, name)
+    described.base_model_name_or_path, described.revision = config.base_model_name_or_path, config.revision
+    model.peft_config[name] = described
 
 
 def hotswap_adapter(model, model_id: str | os.PathLike, adapter_name: str = "default") -> None:
@@ -109,7 +161,8 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
     if larger:
         raise HotswapError(
             f"{model_id} has a larger rank than {adapter_name!r} at {larger[:3]}; a hotswap pads smaller ranks "
-            "with zeros but cannot grow a tensor in place. Load the largest-rank adapter first.")
+            "with zeros but cannot grow a tensor in place. Call prepare_model_for_compiled_hotswap(model, "
+            "target_rank=...) before compiling, or load the largest-rank adapter first.")
     saved_now = sorted(w for w, wrapper in model._saved().items() if adapter_name in wrapper.modules_to_save)
     if sorted(plan.saved) != saved_now:
         raise HotswapError(
@@ -129,17 +182,27 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
 
 
 def _config_after(old: LoraConfig, new: LoraConfig, loras, adapter_name, scales) -> LoraConfig:
-    """The loaded config (it still describes the tensors' shapes and modules), with the alphas set
-    so that each module's scale is the new one, and the new folder's descriptive fields."""
-    config = LoraConfig.from_dict(old.to_dict())
-    alphas = {path: (scales[path] if path in scales else float(lora.info[adapter_name].scale))
-              * lora.info[adapter_name].rank for path, lora in loras.items()}  # s = alpha / r, with use_rslora off
-    common = Counter(alphas.values()).most_common(1)[0][0]
-    config.use_rslora = False
-    config.lora_alpha = common
-    config.alpha_pattern = {re.escape(path): alpha for path, alpha in alphas.items() if alpha != common}
+    """The config save_pretrained writes after a swap: the loaded tensors' shapes and modules, each
+    module's new scale, and the new folder's descriptive fields."""
+    config = _describe(old, loras, adapter_name, scales)
     config.base_model_name_or_path = new.base_model_name_or_path or old.base_model_name_or_path
     config.revision = new.revision
+    return config
+
+
+def _describe(base: LoraConfig, loras, adapter_name, scales: dict[str, float] | None = None) -> LoraConfig:
+    """`base` with r / rank_pattern and lora_alpha / alpha_pattern rewritten to give each module the
+    rank it holds and the scale it uses (`scales`, else its current one), use_rslora off."""
+    config = LoraConfig.from_dict(base.to_dict())
+    scales = scales or {}
+    ranks = {path: lora.info[adapter_name].rank for path, lora in loras.items()}
+    alphas = {path: (scales[path] if path in scales else float(lora.info[adapter_name].scale)) * ranks[path]
+              for path, lora in loras.items()}  # s = alpha / r
+    config.use_rslora = False
+    config.r = Counter(ranks.values()).most_common(1)[0][0]
+    config.rank_pattern = {re.escape(path): rank for path, rank in ranks.items() if rank != config.r}
+    config.lora_alpha = Counter(alphas.values()).most_common(1)[0][0]
+    config.alpha_pattern = {re.escape(path): alpha for path, alpha in alphas.items() if alpha != config.lora_alpha}
     return config
 
 

@@ -9,6 +9,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel
 from peft import get_peft_model as peft_get_peft_model
 from peft.utils.hotswap import hotswap_adapter as peft_hotswap_adapter
+from peft.utils.hotswap import prepare_model_for_compiled_hotswap as peft_prepare
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import adapterkit
@@ -131,6 +132,10 @@ def test_padding_to_a_target_rank_lets_larger_ranks_swap_in_without_recompiling(
             adapterkit.hotswap_adapter(compiled, folders / name)
             assert max_diff(compiled(input_ids=ids).logits, logits(_fresh(folders / name), ids)) <= TOL, name
     assert counter.frame_count == 1
+    reference = PeftModel.from_pretrained(tiny_llama(), folders / "first").eval()
+    peft_prepare(reference, target_rank=8, config=reference.peft_config)
+    peft_hotswap_adapter(reference, str(folders / "larger"), adapter_name="default", torch_device="cpu")
+    assert max_diff(logits(reference), logits(_fresh(folders / "larger"))) <= TOL  # PEFT agrees
     for bad in (4, 0, -1, "8", True, 2.5):
         with pytest.raises(HotswapError):
             adapterkit.prepare_model_for_compiled_hotswap(_fresh(folders / "larger"), target_rank=bad)

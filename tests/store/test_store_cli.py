@@ -125,3 +125,15 @@ def test_put_with_a_bad_tag_stores_nothing(cli, make_folder, tmp_path, tag):
     assert code == 2
     assert [r.ref for r in cli.open().ls()] == ["x@1"]
     assert len(list(cli.open().blobs.iter_blobs())) == 2
+
+
+def test_store_url_comes_from_the_environment_too(open_store, make_folder, tmp_path, monkeypatch, capsys):
+    if open_store.backend != "postgres":
+        pytest.skip("the PostgreSQL backend's option")
+    root = tmp_path / "env-store"
+    url = open_store.cli_args(root)[-1]
+    monkeypatch.setenv("ADAPTERKIT_STORE_URL", url)
+    assert store_main(["store", "--root", str(root), "put", str(make_folder()), "via-env"]) == 0
+    assert "stored via-env@1" in capsys.readouterr().out
+    assert [r.ref for r in open_store(root).ls()] == ["via-env@1"]
+    assert not (root / "index.sqlite").exists()  # the index went to the server

@@ -98,3 +98,34 @@ def test_export_is_byte_for_byte_repeatable(store, make_folder, tmp_path, monkey
     store.export(tmp_path / "one.tar.gz")
     store.export(tmp_path / "two.tar.gz")
     assert (tmp_path / "one.tar.gz").read_bytes() == (tmp_path / "two.tar.gz").read_bytes()
+
+
+def test_an_archive_whose_listing_disagrees_with_its_manifest_is_refused_before_extracting(
+        store, make_folder, tmp_path, monkeypatch):
+    """A compressed archive can hold far more than it weighs: refuse it on its listing, not after
+    writing what it unpacks to."""
+    from adapterkit.store import CorruptArchiveError
+    from adapterkit.store import archive as archive_module
+
+    store.put(make_folder(), "a")
+    store.export(tmp_path / "a.tar")
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    big = bytes(32 * 1024 * 1024)
+    copies = []
+    real_copy = archive_module._copy_member
+    monkeypatch.setattr(archive_module, "_copy_member", lambda *a: copies.append(a[3]) or real_copy(*a))
+    weights = next(m.name for m, _ in members if m.name.endswith(".safetensors"))
+    for label, changed in [
+        ("an extra member", members + [(tarfile.TarInfo("a@1/huge.bin"), big)]),
+        ("a member larger than listed", [(m, big if m.name == weights else d) for m, d in members]),
+    ]:
+        with tarfile.open(tmp_path / "bomb.tar.gz", "w:gz") as tar:
+            for info, data in changed:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        assert (tmp_path / "bomb.tar.gz").stat().st_size < len(big) // 100
+        with pytest.raises(CorruptArchiveError, match="not in its manifest|the manifest says"):
+            store.import_(tmp_path / "bomb.tar.gz")
+        assert copies == [], label
+    assert [r.ref for r in store.ls()] == ["a@1"]

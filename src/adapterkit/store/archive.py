@@ -4,7 +4,8 @@ Reading never calls tarfile's extract: every member is checked first (a regular
 file or a folder, under a relative path that stays inside the extraction
 folder), the archive must end with tar's end-of-archive marker (so a cut at a
 member boundary is caught) and zero padding (which also makes gzip check its
-CRC), and only then are the regular files copied out by this module's own code,
+CRC), the caller checks the listing and the manifest against each other, and
+only then are the regular files copied out by this module's own code,
 with files opened O_EXCL|O_NOFOLLOW in folders it created itself. No link is
 ever created, so no chain of links can lead outside (tarfile's `filter="data"`
 was bypassed that way on the Python this project runs).
@@ -35,12 +36,13 @@ import re
 import struct
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+from adapterkit.errors import AdapterError
 from adapterkit.files import CHUNK_BYTES
 from adapterkit.store.errors import (
     ArchiveManifestError,
@@ -63,6 +65,7 @@ _MAX_TEXT = 1000  # base name / architecture
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FINGERPRINT = re.compile(r"[0-9A-Za-z]{1,128}")
 _BLOCK = tarfile.BLOCKSIZE
+T = TypeVar("T")
 
 # Everything a damaged archive can make tarfile, gzip, zlib, bz2 or lzma raise while reading.
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError, struct.error)
@@ -93,17 +96,43 @@ class ExtractedArchive:
 
 
 # --- reading ------------------------------------------------------------------
-def extract_archive(archive: Path, into: Path) -> ExtractedArchive:
-    """Check every member of `archive`, then copy its regular files under `into` (an empty folder)."""
+@dataclass(frozen=True)
+class ArchiveListing:
+    """What an archive holds, known before anything is extracted."""
+
+    sizes: dict[str, int]  # every regular file: relative POSIX path -> size its header gives
+    manifest: bytes | None  # the top-level manifest's contents, if the archive has one
+
+
+def extract_archive(archive: Path, into: Path, plan: Callable[[ArchiveListing], T]) -> tuple[ExtractedArchive, T]:
+    """Check every member of `archive`, call `plan` on its listing, then copy its regular files
+    under `into` (an empty folder). `plan` sees the paths, sizes and manifest before a single byte
+    is written, so an archive whose listing is wrong (or that would fill the disk) is refused first."""
     with open(archive, "rb") as raw, _reading(archive):
         tar = tarfile.open(fileobj=raw, mode="r:*")
         with tar:
             members = _checked_members(archive, tar)
             _check_end_of_archive(archive, tar)
+            sizes = {"/".join(parts): member.size for member, parts in members}
+            manifest = next((_read_small(archive, tar, m) for m, parts in members if parts == [MANIFEST_NAME]), None)
+            planned = plan(ArchiveListing(sizes, manifest))
             extracted = ExtractedArchive(into)
             for member, parts in members:
                 extracted.files["/".join(parts)] = _copy_member(archive, tar, member, into, parts)
-    return extracted
+    return extracted, planned
+
+
+def _read_small(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if member.size > _MAX_MANIFEST_BYTES:
+        raise ArchiveManifestError(f"{MANIFEST_NAME} is {member.size} bytes, over the {_MAX_MANIFEST_BYTES} allowed")
+    source = tar.extractfile(member)
+    assert source is not None
+    with source:
+        data = source.read()
+    if len(data) != member.size:
+        raise CorruptArchiveError(f"{archive}: {member.name!r} holds {len(data)} bytes, its header says {member.size}")
+    _check_padding(archive, tar.fileobj, member)
+    return data
 
 
 @contextmanager
@@ -112,7 +141,7 @@ def _reading(archive: Path) -> Iterator[None]:
     try:
         yield
     except _READ_ERRORS as exc:
-        if isinstance(exc, (UnsafeArchiveError, CorruptArchiveError)):
+        if isinstance(exc, AdapterError):  # ours, or the caller's plan's: already typed and worded
             raise
         if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
             raise  # a real I/O error (disk full, permission), not a damaged archive

@@ -36,6 +36,7 @@ from adapterkit.files import sha256_file
 from adapterkit.paths import cache_root
 from adapterkit.store.archive import (
     MANIFEST_NAME,
+    ArchiveListing,
     ExtractedArchive,
     ManifestEntry,
     extract_archive,
@@ -438,8 +439,9 @@ class AdapterStore:
         if not archive.is_file():
             raise FileNotFoundError(f"archive {archive} does not exist (or is not a file)")
         with tempfile.TemporaryDirectory(prefix="adapterkit-import-") as tmp:
-            extracted = extract_archive(archive, Path(tmp))
-            entries = _archive_entries(archive, extracted, allow_unverified)
+            extracted, entries = extract_archive(
+                archive, Path(tmp), lambda listing: _archive_entries(archive, listing, allow_unverified))
+            _check_digests(archive, extracted, entries)
             versions = [self._import_version(archive, extracted, entry, tags) for entry in entries]
             records = self._store_versions(versions)
         return records
@@ -465,29 +467,26 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> No
     tar.addfile(info, io.BytesIO(data))
 
 
-def _archive_entries(archive: Path, extracted: ExtractedArchive, allow_unverified: bool) -> list[ManifestEntry]:
-    """The adapters to import, with each archive file checked against the manifest's SHA-256."""
-    if MANIFEST_NAME in extracted.files:
-        manifest = read_manifest((extracted.root / MANIFEST_NAME).read_bytes())
-        entries = manifest.entries
+def _archive_entries(archive: Path, listing: ArchiveListing, allow_unverified: bool) -> list[ManifestEntry]:
+    """The adapters to import, from the manifest (or the folders of a plain tar), with the archive's
+    listing checked against it; runs before anything is extracted."""
+    if listing.manifest is not None:
+        manifest = read_manifest(listing.manifest)
         if not manifest.verified and not allow_unverified:
             raise UnverifiedArchiveError(
                 f"{archive} was exported by an older adapterkit: its manifest carries no SHA-256 per file, "
                 f"so damage inside it cannot be detected. Re-export it with this adapterkit, or import it "
                 f"anyway with allow_unverified=True (`store import --allow-unverified`)"
             )
-        if manifest.verified:
-            _check_against_manifest(archive, extracted, entries)
-        else:
-            _check_folders_exist(archive, extracted, entries)
-        return entries
+        _check_listing(archive, listing, manifest.entries)
+        return manifest.entries
     if not allow_unverified:
         raise UnverifiedArchiveError(
             f"{archive} has no {MANIFEST_NAME}, so no SHA-256 to check its files against. Export it with "
             f"`adapterkit store export`, or import it anyway with allow_unverified=True "
             f"(`store import --allow-unverified`), which names each adapter after its top-level folder"
         )
-    folders = sorted({rel.rpartition("/")[0] for rel in extracted.files if rel.count("/") == 1
+    folders = sorted({rel.rpartition("/")[0] for rel in listing.sizes if rel.count("/") == 1
                       and rel.endswith("/" + CONFIG_NAME)})
     if not folders:
         raise ArchiveError(f"{archive} holds no adapter folders (no */{CONFIG_NAME} and no {MANIFEST_NAME})")
@@ -502,32 +501,42 @@ def _archive_entries(archive: Path, extracted: ExtractedArchive, allow_unverifie
     return entries
 
 
-def _check_against_manifest(archive: Path, extracted: ExtractedArchive, entries: list[ManifestEntry]) -> None:
-    """Exactly the files the manifest lists, each with its recorded size and SHA-256."""
+def _check_listing(archive: Path, listing: ArchiveListing, entries: list[ManifestEntry]) -> None:
+    """A verified manifest lists exactly the archive's files, with their sizes; an old one names
+    folders the archive has."""
+    if any(entry.files is None for entry in entries):
+        for entry in entries:
+            if not any(rel.startswith(entry.folder + "/") for rel in listing.sizes):
+                raise ArchiveError(f"{archive}: the manifest names folder {entry.folder!r}, which the archive lacks")
+        return
     listed = {MANIFEST_NAME}
     for entry in entries:
         assert entry.files is not None
         for rel, expected in entry.files.items():
             path = f"{entry.folder}/{rel}"
             listed.add(path)
-            found = extracted.files.get(path)
-            if found is None:
+            if path not in listing.sizes:
                 raise CorruptArchiveError(f"{archive}: {path!r} is in the manifest but not in the archive")
-            if found != expected:
+            if listing.sizes[path] != expected.size:
                 raise CorruptArchiveError(
-                    f"{archive}: {path!r} does not match the manifest ({found.size} bytes, SHA-256 "
-                    f"{found.sha256[:12]}; recorded {expected.size} bytes, {expected.sha256[:12]}): "
+                    f"{archive}: {path!r} is {listing.sizes[path]} bytes, the manifest says {expected.size}: "
                     f"the archive is damaged. Nothing was imported; export it again"
                 )
-    extra = sorted(set(extracted.files) - listed)
+    extra = sorted(set(listing.sizes) - listed)
     if extra:
         raise CorruptArchiveError(f"{archive}: {extra[0]!r} is in the archive but not in its manifest")
 
 
-def _check_folders_exist(archive: Path, extracted: ExtractedArchive, entries: list[ManifestEntry]) -> None:
+def _check_digests(archive: Path, extracted: ExtractedArchive, entries: list[ManifestEntry]) -> None:
+    """Every extracted file hashes to the SHA-256 its (verified) manifest records."""
     for entry in entries:
-        if not any(rel.startswith(entry.folder + "/") for rel in extracted.files):
-            raise ArchiveError(f"{archive}: the manifest names folder {entry.folder!r}, which the archive lacks")
+        for rel, expected in (entry.files or {}).items():
+            found = extracted.files[f"{entry.folder}/{rel}"]
+            if found != expected:
+                raise CorruptArchiveError(
+                    f"{archive}: {entry.folder}/{rel!r} does not match the manifest (SHA-256 {found.sha256[:12]}, "
+                    f"recorded {expected.sha256[:12]}): the archive is damaged. Nothing was imported; export it again"
+                )
 
 
 def _check_put_arguments(name: str, metadata: Mapping[str, Any] | None,

@@ -1,4 +1,4 @@
-"""Adapter store: content-addressed blobs + a SQLite index of names, versions and tags."""
+"""Adapter store: content-addressed blobs + an index of names, versions and tags (SQLite, or PostgreSQL for many hosts)."""
 
 from adapterkit.store.blobs import BlobStore, LocalBlobStore
 from adapterkit.store.errors import (

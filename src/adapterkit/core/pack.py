@@ -37,7 +37,9 @@ class RankPack:
         # Each adapter's parameters are transposed views, in PEFT's shapes (r, in), (out, r).
         self.At = torch.zeros(0, a_cols, rank, device=device, dtype=dtype)  # (cap, in, r)
         self.Bt = torch.zeros(0, rank, b_rows, device=device, dtype=dtype)  # (cap, r, out)
-        self.scale = torch.zeros(0, device=device, dtype=dtype)  # (cap,)
+        # Scales stay float32 whatever the factors' dtype: in bfloat16, 10/12 would become
+        # 0.832 and bias every output of the adapter by 0.2% (see LoraAdapters._mixed_delta).
+        self.scale = torch.zeros(0, device=device, dtype=torch.float32)  # (cap,)
         self.free: list[int] = []
         self.used: dict[str, int] = {}  # adapter name -> slot
         self._grow(2)
@@ -114,7 +116,7 @@ class RankPack:
         lora_A, lora_B = params
         some = next(iter(self.used), None)
         device, dtype = (lora_A[some].device, lora_A[some].dtype) if some else (self.device, self.dtype)
-        old_scale = self.scale.to(device=device, dtype=dtype)
+        old_scale = self.scale.to(device=device)  # still float32
         self.At = torch.empty(self.capacity, self.a_cols, self.rank, device=device, dtype=dtype)
         self.Bt = torch.empty(self.capacity, self.rank, self.b_rows, device=device, dtype=dtype)
         self.scale = old_scale

@@ -252,6 +252,7 @@ class AdapterModel(nn.Module):
                     swap_out_modules_to_save(self.model, path)
         if tree_changed:  # else other adapters still hold every module: the cached walk stays valid
             self._structure_changed()
+        self.routing.release(adapter_name)  # no module maps its row id now: the next adapter reuses it
         self._ownership.pop(adapter_name, None)
         del self.peft_config[adapter_name]
         self._trainable.pop(adapter_name, None)
@@ -446,6 +447,7 @@ class AdapterModel(nn.Module):
         self._trainable.clear()
         self._ownership.clear()
         self.routing.active = ()
+        self.routing.release_all()
         return self.model
 
     def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None,

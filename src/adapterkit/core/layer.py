@@ -255,16 +255,18 @@ class LoraAdapters(nn.Module):
             else:
                 At = pack.At.index_select(0, slots)  # (rows, in, r)
                 h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
-            h = (h.reshape(rows, -1, rank) * scale.view(-1, 1, 1)).to(pack.dtype)  # (rows, T, r), scaled in fp32
+            scale = scale.view(-1, 1, 1)  # (rows, 1, 1)
             if one_token:
                 # Row b's output is the h[b]-weighted sum of the r rows of its Bt slot:
                 # embedding_bag over Bt viewed as (cap * r, out).
                 rows_of_B = slots.view(-1, 1) * rank + torch.arange(rank, device=slots.device)  # (rows, r)
                 part = F.embedding_bag(rows_of_B, pack.Bt.view(-1, self.out_features),
-                                       per_sample_weights=h.view(rows, rank), mode="sum")  # (rows, out)
+                                       per_sample_weights=h.reshape(rows, rank), mode="sum")  # (rows, out)
                 part = part.view(rows, 1, self.out_features)
-                out = out.add_(part) if inplace else out + part.to(out.dtype)
+                # Scaled in float32 inside the add: one rounding for scale and sum together.
+                out = out.addcmul_(part, scale) if inplace else torch.addcmul(out, part, scale).to(out.dtype)
             else:
+                h = (h.reshape(rows, -1, rank) * scale).to(pack.dtype)  # (rows, T, r), scaled in float32
                 Bt = pack.Bt.index_select(0, slots)  # (rows, r, out)
                 if inplace:
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)

@@ -338,7 +338,7 @@ class AdapterModel(nn.Module):
             self._activate(was_active)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
-        if recorded is None or recorded.digest == self.base_fingerprint.digest:
+        if recorded is None or self.base_fingerprint.matches(recorded):
             return
         message = (
             f"{path} was trained on base {recorded.describe()}, but this model is "

@@ -73,3 +73,8 @@ class AdapterStateError(AdapterError, ValueError):
 
 class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
+
+
+# --- core runtime (row ids, packs, routing) ----------------------------------
+class AdapterCapacityError(AdapterError, ValueError):
+    """A number of adapter slots that cannot be reserved (negative, or not an integer)."""

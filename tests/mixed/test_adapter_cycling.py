@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
+from adapterkit.errors import AdapterCapacityError
 from helpers import input_ids, max_diff, randomize_adapter, tiny_llama
 
 ROUNDS = 2000
@@ -131,3 +132,33 @@ def test_unload_gives_every_id_back(folders):
     assert model.routing.ids == {}
     model.load_adapter(folders[0], adapter_name="again")
     assert model.routing.ids == {"again": 1}
+
+
+@torch.no_grad()
+def test_reserved_room_means_loads_never_reallocate_a_pack(folders):
+    model = AdapterModel(tiny_llama()).eval()
+    model.load_adapter(folders[1], adapter_name="early")
+    ids = input_ids(seed=6, batch=2)
+    early = model(input_ids=ids, adapter_names=["early", "__base__"]).logits.clone()
+    model.reserve_adapter_slots(12)  # existing packs grow once, now
+    assert torch.equal(model(input_ids=ids, adapter_names=["early", "__base__"]).logits, early)
+    storage: dict[tuple[str, int], int] = {}
+    for i in range(11):
+        model.load_adapter(folders[i % len(folders)], adapter_name=f"r{i}")
+        for path, lora in model._loras().items():
+            for rank, pack in lora.packs.items():
+                assert pack.capacity == 13 and lora._slot_tables[rank].numel() >= 13
+                assert storage.setdefault((path, rank), pack.At.data_ptr()) == pack.At.data_ptr(), (path, rank)
+    assert model.routing.id_capacity == 13
+    mixed = model(input_ids=ids, adapter_names=["early", "r10"]).logits
+    assert max_diff(mixed[0], early[0]) < 1e-5
+    model.set_adapter("r10")
+    assert max_diff(mixed[1], model(input_ids=ids[1:]).logits[0]) < 1e-5
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "8", None, True])
+def test_reserving_a_bad_number_of_adapters_is_refused(bad):
+    model = AdapterModel(tiny_llama())
+    with pytest.raises(AdapterCapacityError, match="reserve_adapter_slots"):
+        model.reserve_adapter_slots(bad)
+    assert model.routing.reserved_slots == 0

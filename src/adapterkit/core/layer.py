@@ -113,7 +113,7 @@ class LoraAdapters(nn.Module):
         pack = self.packs.get(rank)
         if pack is None:
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
-                                               weight.device, weight.dtype)
+                                               weight.device, weight.dtype, self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
@@ -165,6 +165,11 @@ class LoraAdapters(nn.Module):
             table = self._slot_tables[rank] = torch.zeros(self.routing.id_capacity, dtype=torch.long,
                                                           device=self.packs[rank].device)
         table[row_id] = slot
+
+    def reserve_slots(self, adapters: int) -> None:
+        """Room for `adapters` adapters in every pack here (see AdapterRouting.reserve)."""
+        for pack in self.packs.values():
+            pack.reserve(adapters + 1, self._params())  # + the zero slot
 
     def cover_ids(self, capacity: int) -> None:
         """Grow the slot tables to `capacity` row ids (called by the routing when it hands out

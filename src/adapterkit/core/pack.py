@@ -26,7 +26,7 @@ _GROWTH = 1.5
 
 
 class RankPack:
-    def __init__(self, rank: int, a_cols: int, b_rows: int, device, dtype) -> None:
+    def __init__(self, rank: int, a_cols: int, b_rows: int, device, dtype, capacity: int = 2) -> None:
         self.rank = rank
         self.a_cols = a_cols  # in_features (or num_embeddings)
         self.b_rows = b_rows  # out_features (or embedding_dim)
@@ -42,7 +42,7 @@ class RankPack:
         self.scale = torch.zeros(0, device=device, dtype=torch.float32)  # (cap,)
         self.free: list[int] = []
         self.used: dict[str, int] = {}  # adapter name -> slot
-        self._grow(2)
+        self._grow(max(2, capacity))
         self._zero(heapq.heappop(self.free))  # slot 0: the zero adapter, never handed out
 
     @property
@@ -78,6 +78,11 @@ class RankPack:
         self.capacity = new_capacity
         if params is not None:
             self.relink(params)
+
+    def reserve(self, capacity: int, params) -> None:
+        """Room for `capacity` slots (slot 0 included) now, so adds up to it never reallocate."""
+        if capacity > self.capacity:
+            self._grow(capacity, params)
 
     def relink(self, params) -> None:
         """Make each adapter's parameters views of its slot again."""

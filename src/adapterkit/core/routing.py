@@ -46,6 +46,9 @@ class SlotTableOwner(Protocol):
     def cover_ids(self, capacity: int) -> None:
         """Grow every slot table to cover row ids below `capacity` (new entries: slot 0)."""
 
+    def reserve_slots(self, adapters: int) -> None:
+        """Make room for `adapters` adapters in every pack."""
+
 
 # Per thread / per asyncio task: routing -> the Route of the call in progress. Never
 # mutated in place (a new dict on each set), so a copied context cannot see later calls.
@@ -61,6 +64,7 @@ class AdapterRouting:
         # Every slot table of every module covers the ids below this; grown by doubling.
         self.id_capacity = 8
         self._owners: weakref.WeakSet = weakref.WeakSet()
+        self.reserved_slots = 0  # room every pack is created with (see reserve)
 
     # --- the model-wide choice ------------------------------------------------------
     @property
@@ -123,6 +127,23 @@ class AdapterRouting:
                     owner.cover_ids(self.id_capacity)
             self.ids[name] = row_id
         return row_id
+
+    def reserve(self, adapters: int) -> None:
+        """Room for `adapters` resident adapters, made now: ids, slot tables, and every pack
+        (existing ones and those created later) hold that many without reallocating.
+
+        A pack that outgrows its room reallocates and copies every resident adapter of its
+        rank (about 0.6 s with 700 resident on a 135M model); a server that bounds its
+        resident set reserves that bound once, at start, and never pays it. On CPU the
+        unused room costs address space only (it is never written); on a GPU it is
+        allocated now.
+        """
+        self.reserved_slots = max(self.reserved_slots, adapters)
+        if adapters + 1 > self.id_capacity:
+            self.id_capacity = adapters + 1
+        for owner in list(self._owners):
+            owner.cover_ids(self.id_capacity)
+            owner.reserve_slots(adapters)
 
     def release(self, name: str) -> None:
         """Give `name`'s id back, once no module maps it to a slot any more (after a delete)."""

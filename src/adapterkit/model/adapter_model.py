@@ -28,6 +28,7 @@ from adapterkit.core.injection import (
 from adapterkit.core.layer import AdapterRouting
 from adapterkit.core.targeting import find_targets
 from adapterkit.errors import (
+    AdapterCapacityError,
     AdapterExistsError,
     AdapterStateError,
     BaseModelMismatchError,
@@ -260,6 +261,14 @@ class AdapterModel(nn.Module):
         if not remaining and self.peft_config:
             remaining = (next(iter(self.peft_config)),)
         self._activate(remaining)
+
+    def reserve_adapter_slots(self, adapters: int) -> None:
+        """Make room now for `adapters` resident adapters, so loads up to that many never
+        reallocate a pack (a stall that grows with the number resident). See AdapterRouting.reserve."""
+        if isinstance(adapters, bool) or not isinstance(adapters, int) or adapters < 0:
+            raise AdapterCapacityError(
+                f"reserve_adapter_slots takes a number of adapters (an int >= 0), got {adapters!r}.")
+        self.routing.reserve(adapters)
 
     @contextlib.contextmanager
     def disable_adapter(self):

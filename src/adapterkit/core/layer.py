@@ -96,6 +96,10 @@ class LoraAdapters(nn.Module):
         self._slot_tables: dict[int, torch.Tensor] = {}
         routing.watch(self)
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.routing.watch(self)  # a copy's routing is a copy too: it must grow this copy's tables
+
     @property
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
@@ -245,7 +249,10 @@ class LoraAdapters(nn.Module):
         for rank, pack in self.packs.items():
             if len(self.packs) > 1 and in_use is not None and pack.used.keys().isdisjoint(in_use):
                 continue  # no row of this batch uses an adapter of this rank here
-            slots = self._slot_tables[rank].index_select(0, row_ids)  # (rows,)
+            table = self._slot_tables[rank]
+            if table.numel() < self.routing.id_capacity:  # not grown with the ids (never, normally):
+                table = F.pad(table, (0, self.routing.id_capacity - table.numel()))  # slot 0, no write
+            slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
             if self.kind == "embedding":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ class AdapterParameters(nn.Module):
     """
 
     def __getitem__(self, name: str) -> nn.Parameter:
-        return self._parameters[name]
+        return cast(nn.Parameter, self._parameters[name])
 
     def __setitem__(self, name: str, param: nn.Parameter) -> None:
         self._parameters[name] = param
@@ -81,13 +82,13 @@ class LoraAdapters(nn.Module):
         self.lora_B = AdapterParameters()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
-        weight = base.weight
+        weight = self._weight_of(base)
         if kind == "linear":
-            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+            self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
         elif kind == "conv1d":  # transformers' Conv1D stores W as (in, out)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
         else:  # embedding: (num_embeddings, embedding_dim)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
         self.info: dict[str, _AdapterInfo] = {}
         self.merged: list[str] = []
         self.packs: dict[int, RankPack] = {}
@@ -104,6 +105,14 @@ class LoraAdapters(nn.Module):
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
 
+    @staticmethod
+    def _weight_of(module: nn.Module) -> torch.Tensor:
+        return cast(torch.Tensor, module.weight)
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self._weight_of(self.base)
+
     def _params(self):
         return (self.lora_A, self.lora_B)
 
@@ -113,7 +122,7 @@ class LoraAdapters(nn.Module):
         """Add adapter `name`. `init=None` leaves the factors unwritten, for a caller
         (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
-        weight = self.base.weight
+        weight = self.base_weight
         pack = self.packs.get(rank)
         if pack is None:
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
@@ -218,7 +227,7 @@ class LoraAdapters(nn.Module):
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
         if self.kind == "embedding":
-            base = self.base
+            base = cast(nn.Embedding, self.base)
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
             return (after_A @ B.T) * scale  # (..., out)
@@ -243,6 +252,7 @@ class LoraAdapters(nn.Module):
         """
         rows = x.shape[0]
         row_ids, in_use = route.row_ids, route.row_names
+        assert row_ids is not None  # forward sends only mixed routes here
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
@@ -305,15 +315,15 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        weight = self.base.weight
-        merged = weight + sum(self.delta_weight(n) for n in todo).to(weight.dtype)
+        weight = self.base_weight
+        merged = weight + torch.stack([self.delta_weight(n) for n in todo]).sum(0).to(weight.dtype)
         return bool(torch.isfinite(merged).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
-        weight = self.base.weight
+        weight = self.base_weight
         for name in todo:
             weight.add_(self.delta_weight(name).to(weight.dtype))
             self.merged.append(name)
@@ -322,7 +332,7 @@ class LoraAdapters(nn.Module):
     @torch.no_grad()
     def unmerge(self, names: list[str] | None = None) -> None:
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
-        weight = self.base.weight
+        weight = self.base_weight
         for name in reversed(names):
             weight.sub_(self.delta_weight(name).to(weight.dtype))
             self.merged.remove(name)

@@ -179,3 +179,14 @@ def test_a_copied_model_grows_its_own_tables(folders):
     ids = input_ids(seed=8, batch=2)
     mixed = copied(input_ids=ids, adapter_names=["more19", "first"]).logits
     assert max_diff(mixed[1], model(input_ids=ids[1:], adapter_names=["first"]).logits[0]) < 1e-5
+
+
+def test_many_distinct_recipes_keep_the_target_cache_bounded():
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    subsets = [[m for bit, m in enumerate(modules) if mask >> bit & 1] for mask in range(1, 2 ** len(modules))]
+    model = AdapterModel(tiny_llama())
+    model.add_adapter("keep", LoraConfig(r=2, target_modules=modules))  # the modules stay attached
+    for i, targets in enumerate(subsets[:100]):
+        model.add_adapter(f"recipe{i}", LoraConfig(r=2, target_modules=targets))
+        model.delete_adapter(f"recipe{i}")
+    assert len(model._target_cache) <= 64 and len(model.routing.ids) == 1

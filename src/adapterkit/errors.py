@@ -64,7 +64,7 @@ class UnknownAdapterError(AdapterError, ValueError, KeyError):
     """No adapter of that name is loaded."""
 
     # KeyError's str() wraps the message in quotes; keep it readable.
-    __str__ = ValueError.__str__  # type: ignore[assignment]
+    __str__ = ValueError.__str__
 
 
 class AdapterStateError(AdapterError, ValueError):
@@ -73,3 +73,12 @@ class AdapterStateError(AdapterError, ValueError):
 
 class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
+
+
+# --- command line: generate, chat, eval, threads (cli) ------------------------
+class AdapterSourceError(AdapterError, ValueError):
+    """A --adapter value is neither an adapter folder nor a store ref (name, name@3, name@tag)."""
+
+
+class SettingOutOfRangeError(AdapterError, ValueError):
+    """A setting such as max tokens, temperature or the thread count is out of range."""

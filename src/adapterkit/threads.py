@@ -67,10 +67,15 @@ def free_cpus(sample_seconds: float = SAMPLE_SECONDS) -> int:
     except (OSError, ValueError, IndexError):
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         return max(0, len(allowed) - round(load))
+    return count_idle(before, after, allowed)
+
+
+def count_idle(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: list[int]) -> int:
+    """Of `cpus`, how many were idle for at least FREE_SHARE of the ticks between two `_cpu_times()`."""
     free = 0
-    for cpu in allowed:
+    for cpu in cpus:
         if cpu not in before or cpu not in after:
-            continue
+            continue  # offline, or hot-plugged during the sample
         idle = after[cpu][0] - before[cpu][0]
         total = after[cpu][1] - before[cpu][1]
         if total <= 0 or idle / total >= FREE_SHARE:  # no ticks at all: nothing ran there

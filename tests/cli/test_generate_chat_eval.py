@@ -3,6 +3,7 @@ compared with transformers' own generate on an independently loaded model, and w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapterkit import AdapterModel, AdapterStore, LoraConfig, get_peft_model
 from adapterkit.cli.main import main
+from adapterkit.generation import ChatSession, SamplingSettings, generate_text, open_model, run_chat
 from adapterkit.training import ChatExample, exact_match, write_jsonl
 from helpers import randomize_adapter
 
@@ -33,6 +35,14 @@ def save_adapter(base_dir, folder, seed: int) -> None:
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
     randomize_adapter(model, seed=seed, std=0.6)
     model.save_pretrained(folder)
+
+
+@pytest.fixture
+def torch_threads():
+    """In-process runs set torch's thread count; give the rest of the session its own back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +71,7 @@ def test_version_is_the_installed_distributions():
     assert done.stdout.strip() == f"adapterkit {version('adapterkit')}"
 
 
-def test_generate_equals_transformers_generate_with_the_same_adapter(base_dir, adapters):
+def test_generate_equals_transformers_generate_with_the_same_adapter(base_dir, adapters, capsys, torch_threads):
     left, right = adapters
     prompt = "w3 w4 w5"
     expected = {name: reference_reply(base_dir, folder, prompt, 8) for name, folder in
@@ -70,31 +80,39 @@ def test_generate_equals_transformers_generate_with_the_same_adapter(base_dir, a
     done = run_cli("generate", "--base", str(base_dir), "--adapter", str(left), "--max-tokens", "8", prompt)
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected["left"] + "\n"
-    base_only = run_cli("generate", "--base", str(base_dir), "--max-tokens", "8", prompt)
-    assert base_only.stdout == expected["base"] + "\n"
+    assert main(["generate", "--base", str(base_dir), "--max-tokens", "8", prompt]) == 0  # no adapter: the base
+    assert capsys.readouterr().out == expected["base"] + "\n"
 
 
-def test_generate_resolves_a_store_ref(base_dir, adapters, tmp_path):
+def test_generate_resolves_a_store_ref(base_dir, adapters, tmp_path, capsys, torch_threads):
     left, right = adapters
     store = AdapterStore(tmp_path / "home" / "store")
     store.put(str(left), name="pair")  # pair@1
     store.put(str(right), name="pair")  # pair@2
     store.tag("pair@1", "prod")
-    replies = {ref: run_cli("generate", "--base", str(base_dir), "--adapter", ref, "--max-tokens", "8", "w3 w4 w5",
-                            home=tmp_path / "home") for ref in ("pair@prod", "pair")}
-    assert replies["pair@prod"].returncode == 0, replies["pair@prod"].stderr
-    assert replies["pair@prod"].stdout == reference_reply(base_dir, left, "w3 w4 w5", 8) + "\n"
-    assert replies["pair"].stdout == reference_reply(base_dir, right, "w3 w4 w5", 8) + "\n"  # bare name: latest
+    done = run_cli("generate", "--base", str(base_dir), "--adapter", "pair@prod", "--max-tokens", "8", "w3 w4 w5",
+                   home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == reference_reply(base_dir, left, "w3 w4 w5", 8) + "\n"
+    # a bare name is the latest version; --store names the store instead of $ADAPTERKIT_HOME
+    assert main(["generate", "--base", str(base_dir), "--adapter", "pair", "--store", str(store.root),
+                 "--max-tokens", "8", "w3 w4 w5"]) == 0
+    assert capsys.readouterr().out == reference_reply(base_dir, right, "w3 w4 w5", 8) + "\n"
 
 
 def test_sampling_with_a_seed_repeats(base_dir, adapters):
     left, _ = adapters
-    argv = ["generate", "--base", str(base_dir), "--adapter", str(left), "--max-tokens", "12", "--temperature", "5",
-            "w1 w2"]
-    first, second, other = run_cli(*argv, "--seed", "1"), run_cli(*argv, "--seed", "1"), run_cli(*argv, "--seed", "2")
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == second.stdout
-    assert first.stdout != other.stdout  # at temperature 5 over 64 words, two seeds agreeing on 12 is ~impossible
+    model, tokenizer, _ = open_model(str(base_dir), [str(left)])
+    chat = [{"role": "user", "content": "w1 w2"}]
+
+    def sample(seed: int) -> str:
+        return generate_text(model, tokenizer, chat, SamplingSettings(max_new_tokens=12, temperature=5.0, seed=seed))
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)  # at temperature 5 over 64 words, two seeds agreeing on 12 is ~impossible
+    greedy = SamplingSettings(max_new_tokens=8)
+    assert generate_text(model, tokenizer, [{"role": "user", "content": "w3 w4 w5"}], greedy) == \
+        reference_reply(base_dir, left, "w3 w4 w5", 8)
 
 
 def test_chat_switches_adapters_mid_session(base_dir, adapters):
@@ -118,15 +136,19 @@ def test_chat_switches_adapters_mid_session(base_dir, adapters):
     assert "using adapter right" in done.stderr and "base model alone" in done.stderr
 
 
-def test_chat_survives_a_bad_adapter_command(base_dir, adapters):
+def test_chat_survives_bad_commands_and_streams_the_same_reply(base_dir, adapters, tmp_path):
     left, _ = adapters
-    done = run_cli("chat", "--base", str(base_dir), "--adapter", str(left), "--max-tokens", "4",
-                   stdin="/adapter ./no/such/folder\n/adapter bad@@ref\n/frobnicate\nw3 w4 w5\n")
-    assert done.returncode == 0, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and "does not exist" in errors[0] and "neither" in errors[1], done.stderr
-    assert "unknown command" in done.stderr
-    assert done.stdout.splitlines() == [reference_reply(base_dir, left, "w3 w4 w5", 4)]  # still the left adapter
+    model, tokenizer, sources = open_model(str(base_dir), [str(left)])
+    session = ChatSession(model, tokenizer, SamplingSettings(max_new_tokens=4), sources, store_root=tmp_path / "store")
+    out, err = io.StringIO(), io.StringIO()
+    lines = ["/adapter ./no/such/folder", "/adapter bad@@ref", "/adapter nothing_stored", "/frobnicate", "w3 w4 w5"]
+    assert run_chat(session, lines, out, err) == 0
+    errors = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, err.getvalue()
+    assert "does not exist" in errors[0] and "neither" in errors[1] and "nothing_stored" in errors[2]
+    assert "unknown command" in err.getvalue()
+    assert out.getvalue().splitlines() == [reference_reply(base_dir, left, "w3 w4 w5", 4)]  # still the left adapter
+    assert [s.short_name for s in session.sources] == ["left"]
 
 
 def held_out(tmp_path, base_dir, adapter, count: int = 12):
@@ -153,21 +175,12 @@ def test_eval_score_equals_the_trainers_exact_match(base_dir, adapters, tmp_path
     expected = exact_match(model, tokenizer, rows, max_new_tokens=4)
     assert (score["correct"], score["total"]) == (expected.correct, expected.total) == (6, 12)
     assert score["exact_match"] == expected.exact_match
-    text = run_cli("eval", "--base", str(base_dir), "--adapter", str(left), "--data", str(path), "--max-tokens", "4")
-    assert text.stdout.strip() == "exact match: 6/12 = 50.0%"
 
 
-@pytest.fixture
-def torch_threads():
-    """In-process runs set torch's thread count; give the rest of the session its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def test_eval_in_process_prints_the_same(base_dir, adapters, tmp_path, capsys, torch_threads):
+def test_eval_prints_the_score(base_dir, adapters, tmp_path, capsys, torch_threads):
     left, _ = adapters
     path, _ = held_out(tmp_path, base_dir, left, count=4)
     assert main(["eval", "--base", str(base_dir), "--adapter", str(left), "--data", str(path), "--max-tokens", "4",
                  "--threads", "1"]) == 0
     assert capsys.readouterr().out.strip() == "exact match: 2/4 = 50.0%"
+    assert torch.get_num_threads() == 1  # --threads reached torch

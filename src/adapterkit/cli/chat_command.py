@@ -16,13 +16,14 @@ def add_chat(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args) -> int:
-    from adapterkit.generation import ChatSession, SamplingSettings, open_model
+    from adapterkit.generation import ChatSession, SamplingSettings, load_model, resolve_sources
     from adapterkit.generation import run_chat as chat_loop
     from adapterkit.threads import configure_threads
 
     settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    sources = resolve_sources(args.adapter, args.store)  # checked before the slow load
     configure_threads(args.threads)
-    model, tokenizer, sources = open_model(args.base, args.adapter, args.store)
+    model, tokenizer = load_model(args.base, sources, args.store)
     session = ChatSession(model, tokenizer, settings, sources, store_root=args.store)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -18,15 +18,16 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args) -> int:
-    from adapterkit.generation import open_model
+    from adapterkit.generation import load_model, resolve_sources
     from adapterkit.threads import configure_threads
     from adapterkit.training import TrainingDataError, exact_match, load_jsonl
 
-    examples = load_jsonl(args.data)  # the data and the adapter are checked before the slow model load
+    examples = load_jsonl(args.data)
     if not examples:
         raise TrainingDataError(f"{args.data} holds no examples; add one JSON object per line")
+    sources = resolve_sources([args.adapter] if args.adapter else [], args.store)  # checked before the slow load
     configure_threads(args.threads)
-    model, tokenizer, _ = open_model(args.base, [args.adapter] if args.adapter else [], args.store)
+    model, tokenizer = load_model(args.base, sources, args.store)
     scored = exact_match(model, tokenizer, examples, max_new_tokens=args.max_tokens, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"base": args.base, "adapter": args.adapter, "data": args.data, "correct": scored.correct,

@@ -15,11 +15,12 @@ def add_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args) -> int:
-    from adapterkit.generation import SamplingSettings, generate_text, open_model
+    from adapterkit.generation import SamplingSettings, generate_text, load_model, resolve_sources
     from adapterkit.threads import configure_threads
 
     settings = SamplingSettings(max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    sources = resolve_sources([args.adapter] if args.adapter else [], args.store)  # checked before the slow load
     configure_threads(args.threads)
-    model, tokenizer, _ = open_model(args.base, [args.adapter] if args.adapter else [], args.store)
+    model, tokenizer = load_model(args.base, sources, args.store)
     print(generate_text(model, tokenizer, [{"role": "user", "content": args.prompt}], settings))
     return 0

@@ -107,14 +107,20 @@ def open_model(base: str, adapters: Sequence[str] = (), store_root: str | os.Pat
     Every `--adapter` value is checked before the base loads; the first adapter is active,
     and with none the model is the base alone.
     """
+    sources = resolve_sources(adapters, store_root)
+    model, tokenizer = load_model(base, sources, store_root)
+    return model, tokenizer, sources
+
+
+def load_model(base: str, sources: Sequence[AdapterSource], store_root: str | os.PathLike[str] | None = None):
+    """`(AdapterModel, tokenizer)` for checked `sources` (from resolve_sources); the first is active."""
     from adapterkit.hf import load_base
     from adapterkit.model.adapter_model import AdapterModel
 
-    sources = resolve_sources(adapters, store_root)
     base_model, tokenizer = load_base(base)
     model = AdapterModel(base_model)
     load_sources(model, sources, store_root)
     if sources:
         model.set_adapter(sources[0].name)
     model.eval()
-    return model, tokenizer, sources
+    return model, tokenizer

@@ -21,10 +21,8 @@ from adapterkit.training import ChatExample, exact_match, write_jsonl
 from helpers import randomize_adapter
 
 
-def run_cli(*argv: str, stdin: str | None = None, home=None) -> subprocess.CompletedProcess:
+def run_cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    if home is not None:
-        env["ADAPTERKIT_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "adapterkit.cli.main", *argv], capture_output=True, text=True,
                           input=stdin, env=env, timeout=300)
 
@@ -84,17 +82,17 @@ def test_generate_equals_transformers_generate_with_the_same_adapter(base_dir, a
     assert capsys.readouterr().out == expected["base"] + "\n"
 
 
-def test_generate_resolves_a_store_ref(base_dir, adapters, tmp_path, capsys, torch_threads):
+def test_generate_resolves_a_store_ref(base_dir, adapters, tmp_path, capsys, monkeypatch, torch_threads):
     left, right = adapters
     store = AdapterStore(tmp_path / "home" / "store")
     store.put(str(left), name="pair")  # pair@1
     store.put(str(right), name="pair")  # pair@2
     store.tag("pair@1", "prod")
-    done = run_cli("generate", "--base", str(base_dir), "--adapter", "pair@prod", "--max-tokens", "8", "w3 w4 w5",
-                   home=tmp_path / "home")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == reference_reply(base_dir, left, "w3 w4 w5", 8) + "\n"
+    monkeypatch.setenv("ADAPTERKIT_HOME", str(tmp_path / "home"))
+    assert main(["generate", "--base", str(base_dir), "--adapter", "pair@prod", "--max-tokens", "8", "w3 w4 w5"]) == 0
+    assert capsys.readouterr().out == reference_reply(base_dir, left, "w3 w4 w5", 8) + "\n"
     # a bare name is the latest version; --store names the store instead of $ADAPTERKIT_HOME
+    monkeypatch.delenv("ADAPTERKIT_HOME")
     assert main(["generate", "--base", str(base_dir), "--adapter", "pair", "--store", str(store.root),
                  "--max-tokens", "8", "w3 w4 w5"]) == 0
     assert capsys.readouterr().out == reference_reply(base_dir, right, "w3 w4 w5", 8) + "\n"

@@ -27,6 +27,7 @@ def block_after(heading: str) -> list[str]:
     return [line for line in body.group(1).splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # five real commands end to end, each paying python + torch startup
 def test_shell_walkthrough_runs_as_written(base_dir, tmp_path):
     lines = block_after("### Train, try and score from the shell")
     assert [line.split("adapterkit ")[1].split()[0] for line in lines] == ["train", "generate", "store", "eval", "chat"]

@@ -40,9 +40,10 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 
 # Re-pin constraints.txt to what .venv holds now (after adding a dependency to pyproject.toml).
+# `pip list --format=freeze` gives name==version even for packages installed from a file or URL.
 constraints: $(STAMP)
 	{ sed -n '1,/^# --- pins/p' $(CONSTRAINTS); \
-	  $(PIP) freeze --exclude-editable | grep -v '^#' | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(CONSTRAINTS).new
+	  $(PIP) list --format=freeze --exclude-editable | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:

@@ -1,11 +1,17 @@
-"""How many CPU threads torch should use: the free cores, not every core.
+"""How torch's CPU threads behave beside other busy processes: they sleep while they wait.
 
-torch's default is one OpenMP thread per core, and OpenMP threads spin while they
-wait for each other. Beside another CPU-heavy process that is the worst case: our
-threads take turns with it on the same cores, and every barrier waits for a thread
-that is not running. `adapterkit train` measured 7x slower that way (bench/train_threads.py).
-So the commands (1) ask OpenMP to sleep, not spin, while waiting, and (2) start with
-one thread per core that is idle right now, never more than the cores we may run on.
+OpenMP threads spin while they wait for each other at the end of every parallel
+region. Beside another CPU-heavy process that is the worst case: the threads take
+turns with it on the same cores, and every wait burns the time slice a late
+thread needed. `adapterkit train` measured 7x slower that way. With waiting threads
+asleep (OMP_WAIT_POLICY=PASSIVE) training beside a busy process keeps its speed.
+
+The thread count itself matters much less, and fewer threads did worse: beside one
+busy process on 2 cores, 2 sleeping threads trained at about twice the tokens/s of
+1 thread (the scheduler shares a core per runnable thread, not per process). So
+the default is one thread per core this process may run on (its affinity mask,
+which containers and taskset narrow), unless the user chose (`--threads`,
+OMP_NUM_THREADS). bench/train_threads.py measures all of this.
 
 Both are decided once, before torch runs its first operation: OpenMP reads its
 environment when torch is imported, and torch's thread pool is sized on first use.
@@ -16,14 +22,8 @@ Nothing here imports torch at module level, so the CLI can call
 from __future__ import annotations
 
 import os
-import time
 
 from adapterkit.errors import SettingOutOfRangeError
-
-# How long to watch the CPUs before choosing; long enough to see a busy neighbour, short beside a model load.
-SAMPLE_SECONDS = 0.2
-# A core counts as free when at least this share of it was idle during the sample.
-FREE_SHARE = 0.5
 
 
 def prefer_sleeping_threads() -> None:
@@ -41,54 +41,12 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def _cpu_times() -> dict[int, tuple[int, int]]:
-    """cpu number -> (idle ticks, total ticks), from /proc/stat (Linux)."""
-    times = {}
-    with open("/proc/stat", encoding="ascii") as stat:
-        for line in stat:
-            name, *fields = line.split()
-            if not name.startswith("cpu") or name == "cpu":
-                continue
-            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
-            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
-    return times
-
-
-def free_cpus(sample_seconds: float = SAMPLE_SECONDS) -> int:
-    """How many of the allowed CPUs were mostly idle over the last `sample_seconds`.
-
-    Falls back to the 1-minute load average where /proc/stat does not exist.
-    """
-    allowed = allowed_cpus()
-    try:
-        before = _cpu_times()
-        time.sleep(sample_seconds)
-        after = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        return max(0, len(allowed) - round(load))
-    return count_idle(before, after, allowed)
-
-
-def count_idle(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: list[int]) -> int:
-    """Of `cpus`, how many were idle for at least FREE_SHARE of the ticks between two `_cpu_times()`."""
-    free = 0
-    for cpu in cpus:
-        if cpu not in before or cpu not in after:
-            continue  # offline, or hot-plugged during the sample
-        idle = after[cpu][0] - before[cpu][0]
-        total = after[cpu][1] - before[cpu][1]
-        if total <= 0 or idle / total >= FREE_SHARE:  # no ticks at all: nothing ran there
-            free += 1
-    return free
-
-
 def default_thread_count() -> int:
-    """OMP_NUM_THREADS if the user set it, else the free allowed cores (at least 1)."""
+    """OMP_NUM_THREADS if the user set it to a positive number, else one thread per allowed CPU."""
     chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
     if chosen.isdigit() and int(chosen) > 0:
         return int(chosen)
-    return max(1, min(len(allowed_cpus()), free_cpus()))
+    return len(allowed_cpus())
 
 
 def configure_threads(threads: int | None = None) -> int:

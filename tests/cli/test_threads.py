@@ -1,9 +1,8 @@
-"""The default thread count: the free allowed cores, the user's choice first, decided before torch runs."""
+"""The default thread count (one per allowed CPU, the user's choice first) and sleeping OpenMP threads."""
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 
@@ -11,41 +10,27 @@ import pytest
 
 from adapterkit.cli.main import main
 from adapterkit.errors import SettingOutOfRangeError
-from adapterkit.threads import FREE_SHARE, allowed_cpus, configure_threads, count_idle, default_thread_count
+from adapterkit.threads import allowed_cpus, configure_threads, default_thread_count
 
 
-def ticks(rng: random.Random, cpus: int) -> dict[int, tuple[int, int]]:
-    return {cpu: (rng.randrange(10_000), rng.randrange(10_000, 20_000)) for cpu in range(cpus)}
-
-
-def test_idle_count_over_generated_samples():
-    rng = random.Random(0)
-    for _ in range(300):
-        cpus = rng.randrange(1, 9)
-        before = ticks(rng, cpus)
-        after, expected = {}, 0
-        for cpu, (idle, total) in before.items():
-            spent = rng.choice([0, rng.randrange(1, 400)])
-            idle_share = rng.random()
-            after[cpu] = (idle + round(spent * idle_share), total + spent)
-            expected += spent == 0 or round(spent * idle_share) / spent >= FREE_SHARE
-        allowed = sorted(rng.sample(range(cpus), rng.randrange(1, cpus + 1)))
-        expected_allowed = sum(
-            1 for cpu in allowed
-            if after[cpu][1] == before[cpu][1] or (after[cpu][0] - before[cpu][0]) / (after[cpu][1] - before[cpu][1]) >= FREE_SHARE
-        )
-        assert count_idle(before, after, allowed) == expected_allowed
-        assert count_idle(before, after, list(range(cpus))) == expected
-    # a CPU missing from either sample (offline) is not counted as free
-    assert count_idle({0: (0, 0)}, {0: (10, 10), 1: (10, 10)}, [0, 1]) == 1
-
-
-def test_user_choice_wins_and_bounds_hold(monkeypatch):
+def test_one_thread_per_allowed_cpu_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_thread_count() == len(allowed_cpus()) == len(os.sched_getaffinity(0)) >= 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_thread_count() == 3
-    for unusable in ("", "0", "-1", "two"):
+    for unusable in ("", "0", "-1", "two", "1.5"):
         monkeypatch.setenv("OMP_NUM_THREADS", unusable)
-        assert 1 <= default_thread_count() <= len(allowed_cpus())
+        assert default_thread_count() == len(allowed_cpus())
+
+
+def test_the_affinity_mask_bounds_the_default():
+    """Under taskset (or a container's cpuset) the default follows the mask, not the machine's core count."""
+    code = "from adapterkit.threads import default_thread_count; print(default_thread_count())"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 @pytest.mark.parametrize("bad", [0, -1, -8])

@@ -17,7 +17,7 @@ def positive_int(text: str) -> int:
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help="CPU threads for torch (default: $OMP_NUM_THREADS, else the cores idle right now)")
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS, else one per core this process may use)")
 
 
 def add_model(parser: argparse.ArgumentParser, many: bool = False) -> None:

@@ -49,10 +49,18 @@ def test_the_cli_asks_openmp_to_sleep_unless_the_user_chose(monkeypatch, capsys)
     capsys.readouterr()
 
 
-def test_train_reports_and_uses_the_thread_count(base_dir, train_jsonl, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "adapterkit.cli.main", "train", "--base", str(base_dir),
-                           "--data", str(train_jsonl), "--targets", "q_proj", "--steps", "1", "--batch-size", "2",
-                           "--threads", "1", "--output", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "tokens/s on 1 thread)" in done.stdout
+@pytest.fixture
+def torch_threads():
+    """--threads reaches torch in-process; give the rest of the session its own count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_train_uses_and_reports_the_thread_count(base_dir, train_jsonl, tmp_path, capsys, torch_threads):
+    assert main(["train", "--base", str(base_dir), "--data", str(train_jsonl), "--targets", "q_proj", "--steps", "1",
+                 "--batch-size", "2", "--threads", "1", "--output", str(tmp_path / "out")]) == 0
+    assert "tokens/s on 1 thread)" in capsys.readouterr().out
+    assert torch_threads.get_num_threads() == 1

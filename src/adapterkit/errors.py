@@ -95,3 +95,6 @@ class AdapterSourceError(AdapterError, ValueError):
 
 class SettingOutOfRangeError(AdapterError, ValueError):
     """A setting such as max tokens, temperature or the thread count is out of range."""
+# --- core runtime (row ids, packs, routing) ----------------------------------
+class AdapterCapacityError(AdapterError, ValueError):
+    """A number of adapter slots that cannot be reserved (negative, or not an integer)."""

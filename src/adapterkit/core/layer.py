@@ -14,34 +14,16 @@ s_i B_i A_i into W; unmerge subtracts it again.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adapterkit.core.pack import RankPack
+from adapterkit.core.routing import AdapterRouting, Route
 
-
-@dataclass
-class AdapterRouting:
-    """Which adapters run: shared by every LoraAdapters of one model, so switching
-    adapters is one assignment whatever the number of layers or adapters."""
-
-    active: tuple[str, ...] = ()
-    disabled: bool = False
-    # Mixed batches: the adapter id of each row (0 = base), set for one forward call.
-    row_ids: torch.Tensor | None = None
-    row_names: frozenset[str] | None = None  # the adapter names those rows use
-    ids: dict[str, int] = field(default_factory=dict)  # adapter name -> row id (>= 1)
-    _next_id: int = 1
-
-    def id_for(self, name: str) -> int:
-        """A stable row id per adapter name (ids are never reused, so tables stay valid)."""
-        if name not in self.ids:
-            self.ids[name] = self._next_id
-            self._next_id += 1
-        return self.ids[name]
+__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "lora_scale"]
 
 
 @dataclass
@@ -109,8 +91,10 @@ class LoraAdapters(nn.Module):
         self.info: dict[str, _AdapterInfo] = {}
         self.merged: list[str] = []
         self.packs: dict[int, RankPack] = {}
-        # Per pack, row id -> slot; grown on demand to cover every row id in use.
+        # Per pack, row id -> slot (0: the pack's zero slot), covering every id the routing
+        # can hand out (routing.id_capacity), so a forward pass never has to grow one.
         self._slot_tables: dict[int, torch.Tensor] = {}
+        routing.watch(self)
 
     @property
     def base(self) -> nn.Module:
@@ -129,13 +113,13 @@ class LoraAdapters(nn.Module):
         pack = self.packs.get(rank)
         if pack is None:
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
-                                               weight.device, weight.dtype)
+                                               weight.device, weight.dtype, self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
         self.info[name] = _AdapterInfo(rank, scale, dropout)
-        self._set_slot(rank, self.routing.id_for(name), slot)
+        self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
             self.reset(name, init)
 
@@ -145,7 +129,9 @@ class LoraAdapters(nn.Module):
         info = self.info.pop(name)
         pack = self.packs[info.rank]
         pack.remove(name)
-        self._set_slot(info.rank, self.routing.id_for(name), 0)
+        # The name's row id may be handed to another adapter once every module has dropped it
+        # (AdapterModel.delete_adapter releases it): this module must map it to no slot.
+        self._set_slot(info.rank, self.routing.ids[name], 0)
         del self.lora_A[name], self.lora_B[name]
         if not pack.used:
             # An empty pack has no parameter to take a later .to()'s device and dtype from;
@@ -175,14 +161,24 @@ class LoraAdapters(nn.Module):
 
     def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
         table = self._slot_tables.get(rank)
-        device = self.packs[rank].device
-        if table is None or table.numel() <= row_id:
-            grown = torch.zeros(max(row_id + 1, 2 * (0 if table is None else table.numel())),
-                                dtype=torch.long, device=device)
-            if table is not None:
-                grown[: table.numel()] = table.to(device)
-            table = self._slot_tables[rank] = grown
+        if table is None:
+            table = self._slot_tables[rank] = torch.zeros(self.routing.id_capacity, dtype=torch.long,
+                                                          device=self.packs[rank].device)
         table[row_id] = slot
+
+    def reserve_slots(self, adapters: int) -> None:
+        """Room for `adapters` adapters in every pack here (see AdapterRouting.reserve)."""
+        for pack in self.packs.values():
+            pack.reserve(adapters + 1, self._params())  # + the zero slot
+
+    def cover_ids(self, capacity: int) -> None:
+        """Grow the slot tables to `capacity` row ids (called by the routing when it hands out
+        a new highest id, so tables of modules that adapter skips cover it too)."""
+        for rank, table in self._slot_tables.items():
+            if table.numel() < capacity:
+                grown = table.new_zeros(capacity)
+                grown[: table.numel()] = table
+                self._slot_tables[rank] = grown
 
     def has(self, name: str) -> bool:
         return name in self.info
@@ -204,12 +200,12 @@ class LoraAdapters(nn.Module):
 
     # --- forward --------------------------------------------------------------
     def forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        routing = self.routing
-        if routing.disabled or not self.info:
+        route = self.routing.current()  # this call's own routing, or the model-wide one
+        if route.disabled or not self.info:
             return result
-        if routing.row_ids is not None:
-            return self._mixed_delta(x, routing.row_ids, result)
-        for name in routing.active:
+        if route.row_ids is not None:
+            return self._mixed_delta(x, route, result)
+        for name in route.active:
             if name in self.info and name not in self.merged:
                 result = result + self._delta(name, x).to(result.dtype)
         return result
@@ -228,28 +224,29 @@ class LoraAdapters(nn.Module):
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
 
-    def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
 
         The loop runs over distinct *ranks* at this module (usually one), never
         over adapters. Nothing here reads a tensor's value on the host, so a
-        forward pass stays free of per-layer synchronisation.
+        forward pass stays free of per-layer synchronisation; nothing here writes
+        shared state either, so calls on several threads can run at once.
+
+        Precision: each matmul accumulates in float32 (CPU and CUDA kernels do for
+        half types) and rounds once; the scale is kept in float32 and applied to h
+        in float32, so h is rounded once more, and the fused baddbmm rounds the sum
+        into the output once. The single-adapter path rounds once more (A, B, scale, sum).
         """
         rows = x.shape[0]
-        known = self.routing._next_id  # every row id handed out so far is < known
-        in_use = self.routing.row_names
+        row_ids, in_use = route.row_ids, route.row_names
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
             if len(self.packs) > 1 and in_use is not None and pack.used.keys().isdisjoint(in_use):
                 continue  # no row of this batch uses an adapter of this rank here
-            table = self._slot_tables[rank]
-            if table.numel() < known:  # adapters added elsewhere since: cover their ids (as slot 0)
-                self._set_slot(rank, known - 1, 0)
-                table = self._slot_tables[rank]
-            slots = table.index_select(0, row_ids)  # (rows,)
-            scale = pack.scale.index_select(0, slots)  # (rows,)
+            slots = self._slot_tables[rank].index_select(0, row_ids)  # (rows,)
+            scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
             if self.kind == "embedding":
                 # At: (cap, V, r); row x[b, t] of row b's At -> (rows, T, r)
@@ -263,16 +260,18 @@ class LoraAdapters(nn.Module):
             else:
                 At = pack.At.index_select(0, slots)  # (rows, in, r)
                 h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
-            h = h.reshape(rows, -1, rank) * scale.view(-1, 1, 1)  # (rows, T, r)
+            scale = scale.view(-1, 1, 1)  # (rows, 1, 1)
             if one_token:
                 # Row b's output is the h[b]-weighted sum of the r rows of its Bt slot:
                 # embedding_bag over Bt viewed as (cap * r, out).
                 rows_of_B = slots.view(-1, 1) * rank + torch.arange(rank, device=slots.device)  # (rows, r)
                 part = F.embedding_bag(rows_of_B, pack.Bt.view(-1, self.out_features),
-                                       per_sample_weights=h.view(rows, rank), mode="sum")  # (rows, out)
+                                       per_sample_weights=h.reshape(rows, rank), mode="sum")  # (rows, out)
                 part = part.view(rows, 1, self.out_features)
-                out = out.add_(part) if inplace else out + part.to(out.dtype)
+                # Scaled in float32 inside the add: one rounding for scale and sum together.
+                out = out.addcmul_(part, scale) if inplace else torch.addcmul(out, part, scale).to(out.dtype)
             else:
+                h = (h.reshape(rows, -1, rank) * scale).to(pack.dtype)  # (rows, T, r), scaled in float32
                 Bt = pack.Bt.index_select(0, slots)  # (rows, r, out)
                 if inplace:
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)

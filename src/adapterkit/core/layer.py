@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
 
@@ -73,7 +74,7 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
 
 
 class LoraAdapters(nn.Module):
-    def __init__(self, base: nn.Module, kind: str, routing: AdapterRouting) -> None:
+    def __init__(self, base: nn.Module, kind: ModuleKind, routing: AdapterRouting) -> None:
         super().__init__()
         self.kind = kind
         self.routing = routing
@@ -81,13 +82,7 @@ class LoraAdapters(nn.Module):
         self.lora_B = AdapterParameters()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
-        weight = base.weight
-        if kind == "linear":
-            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        elif kind == "conv1d":  # transformers' Conv1D stores W as (in, out)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
-        else:  # embedding: (num_embeddings, embedding_dim)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+        self.in_features, self.out_features = kind.features(base)
         self.info: dict[str, _AdapterInfo] = {}
         self.merged: list[str] = []
         self.packs: dict[int, RankPack] = {}
@@ -112,8 +107,8 @@ class LoraAdapters(nn.Module):
         weight = self.base.weight
         pack = self.packs.get(rank)
         if pack is None:
-            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
-                                               weight.device, weight.dtype, self.routing.reserved_slots + 1)
+            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, weight.device,
+                                               self.kind.factor_dtype(self.base), self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
@@ -142,7 +137,7 @@ class LoraAdapters(nn.Module):
     def reset(self, name: str, init: bool | str = True) -> None:
         """PEFT's initialisations, so a fresh adapter behaves the same in both."""
         A, B = self.lora_A[name], self.lora_B[name]
-        if self.kind == "embedding":
+        if self.kind.indexed:
             if init is False:
                 nn.init.normal_(A)
                 nn.init.normal_(B)
@@ -213,7 +208,7 @@ class LoraAdapters(nn.Module):
     def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
-        if self.kind == "embedding":
+        if self.kind.indexed:
             base = self.base
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
@@ -248,7 +243,7 @@ class LoraAdapters(nn.Module):
             slots = self._slot_tables[rank].index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
-            if self.kind == "embedding":
+            if self.kind.indexed:
                 # At: (cap, V, r); row x[b, t] of row b's At -> (rows, T, r)
                 h = pack.At[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
             elif one_token:
@@ -287,7 +282,7 @@ class LoraAdapters(nn.Module):
         """s · B A laid out like the base weight."""
         A, B = self.lora_A[name].detach(), self.lora_B[name].detach()
         delta = (B @ A) * self.info[name].scale  # (out, r) @ (r, in) -> (out, in)
-        return delta if self.kind == "linear" else delta.T  # Conv1D: (in, out); Embedding: (V, dim)
+        return self.kind.to_weight_layout(delta)  # Conv1D: (in, out); Embedding: (V, dim)
 
     def _pending(self, names: list[str]) -> list[str]:
         return [n for n in names if n in self.info and n not in self.merged]
@@ -306,6 +301,7 @@ class LoraAdapters(nn.Module):
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
+        assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
         weight = self.base.weight
         for name in todo:
             weight.add_(self.delta_weight(name).to(weight.dtype))
@@ -322,4 +318,4 @@ class LoraAdapters(nn.Module):
 
     def extra_repr(self) -> str:
         ranks = {n: i.rank for n, i in self.info.items()}
-        return f"kind={self.kind}, adapters={ranks}, merged={self.merged}"
+        return f"kind={self.kind.name}, adapters={ranks}, merged={self.merged}"

@@ -26,6 +26,7 @@ PREFIX = "base_model.model."
 FACTOR_SUFFIX = {
     "linear": {"A": "lora_A.weight", "B": "lora_B.weight"},
     "conv1d": {"A": "lora_A.weight", "B": "lora_B.weight"},
+    "quantized_linear": {"A": "lora_A.weight", "B": "lora_B.weight"},  # bitsandbytes 4-bit / 8-bit
     "embedding": {"A": "lora_embedding_A", "B": "lora_embedding_B"},
 }
 SUFFIX_FACTOR = {suffix: factor for table in FACTOR_SUFFIX.values() for factor, suffix in table.items()}
@@ -45,6 +46,7 @@ class Slot:
 
 
 def factor_key(module: str, kind: str, factor: str) -> str:
+    """`kind` is a core.kinds.ModuleKind's name."""
     return f"{PREFIX}{module}.{FACTOR_SUFFIX[kind][factor]}"
 
 

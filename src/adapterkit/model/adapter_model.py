@@ -40,6 +40,7 @@ from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
 from adapterkit.model.loading import LoadPlan, plan_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
+from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
 
 
@@ -382,6 +383,12 @@ class AdapterModel(nn.Module):
             self._activate(was_active)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
+        if recorded is not None and self.base_fingerprint.same_base_other_quantization(recorded):
+            warnings.warn(
+                f"{path} was trained on {recorded.describe()}; this model is {self.base_fingerprint.describe()}: "
+                "the same base, quantized differently. The adapter fits; outputs differ from the training "
+                "base's by the quantization error only.", stacklevel=3)
+            return
         if recorded is None or self.base_fingerprint.matches(recorded):
             return
         message = (
@@ -458,10 +465,14 @@ class AdapterModel(nn.Module):
             warnings.warn(f"Untied {path}.weight from {sharing[0]}.weight to merge into it.", stacklevel=3)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False,
-                      untie_weights: bool = False) -> None:
-        """Fold adapters (default: the active ones) into the base weights. Idempotent."""
+                      untie_weights: bool = False, _skip_quantized: bool = False) -> None:
+        """Fold adapters (default: the active ones) into the base weights. Idempotent.
+        Refused on quantized (bitsandbytes) layers: see model/quantized.py."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         loras = self._loras()
+        if _skip_quantized:  # merge_and_unload(dequantize=True) merges those itself
+            loras = {p: lora for p, lora in loras.items() if not lora.kind.quantized}
+        refuse_quantized_merge(loras, names)  # first: nothing has changed yet
         if safe_merge:
             bad = [path for path, lora in loras.items() if not lora.merge_is_finite(names)]
             if bad:
@@ -495,10 +506,21 @@ class AdapterModel(nn.Module):
         return self.model
 
     def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None,
-                         untie_weights: bool = False, **_ignored) -> nn.Module:
-        """Merge (default: the active adapters) and return the plain model, no adapter modules left."""
+                         untie_weights: bool = False, dequantize: bool = False, **_ignored) -> nn.Module:
+        """Merge (default: the active adapters) and return the plain model, no adapter modules left.
+
+        On a quantized base this is refused unless `dequantize=True`: then every bitsandbytes
+        layer becomes a float nn.Linear (its dequantized weight, adapters merged in) and the
+        model returned is a float model."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
-        self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
+        if dequantize:
+            replacements = dequantized_replacements(self.model, self._loras(), names, safe_merge,
+                                                    self._module_walk())
+            self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights, _skip_quantized=True)
+            swap_in_dequantized(self.model, replacements)
+            self._structure_changed()
+        else:
+            self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
         keep = next((n for n in names if any(n in w.modules_to_save for w in self._saved().values())), None)
         return self._unload(keep)
 

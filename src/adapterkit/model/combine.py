@@ -149,7 +149,7 @@ def plan_combination(model: AdapterModel, adapters, weights, adapter_name, combi
                      for n, _ in present]
             A, B = combine_factors(combination_type, parts, [w for _, w in present], new_rank, density,
                                    majority_sign_method, svd_clamp, svd_full_matrices, svd_driver,
-                                   transposed_layout=lora.kind != "linear")
+                                   transposed_layout=not lora.kind.weight_is_out_in)
             factors[target.name] = {"A": A, "B": B}
     return CombinationPlan(config, targets, saved, factors)
 

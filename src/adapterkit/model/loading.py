@@ -69,13 +69,9 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
     existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
-        weight = target.module.weight
-        if target.kind == "linear":
-            in_f, out_f = weight.shape[1], weight.shape[0]
-        else:
-            in_f, out_f = weight.shape[0], weight.shape[1]
-        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.Slot("A", target.name), (rank, in_f))
-        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.Slot("B", target.name), (out_f, rank))
+        in_f, out_f = target.kind.features(target.module)
+        expected[keys.factor_key(target.name, target.kind.name, "A")] = (keys.Slot("A", target.name), (rank, in_f))
+        expected[keys.factor_key(target.name, target.kind.name, "B")] = (keys.Slot("B", target.name), (out_f, rank))
     for path in saved_modules:
         for param, tensor in _original(model, path).state_dict().items():
             expected[keys.saved_key(path, param)] = (keys.Slot("saved", path, param), tuple(tensor.shape))

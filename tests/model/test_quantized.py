@@ -228,3 +228,30 @@ def test_fingerprint_names_the_quantized_base_and_matches_its_float_base():
     assert nf4_fp.shapes_sha256 == float_fp.shapes_sha256
     assert float_fp.matches(nf4_fp) and nf4_fp.matches(float_fp)
     assert not other_fp.matches(float_fp) and not float_fp.matches(other_fp)
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_mixed_batch_rows_equal_each_adapter_alone(scheme):
+    model = get_peft_model(quantized_llama(scheme), config())
+    model.add_adapter("b", LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    model.eval()
+    ids = input_ids(batch=3, length=5)
+    rows = ["default", "b", "__base__"]
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=rows).logits
+        for row, name in enumerate(rows):
+            if name == "__base__":
+                with model.disable_adapter():
+                    alone = model(input_ids=ids[row:row + 1]).logits
+            else:
+                model.set_adapter(name)
+                alone = model(input_ids=ids[row:row + 1]).logits
+            assert max_diff(mixed[row:row + 1], alone) <= 1e-5, name
+        one_token = model(input_ids=ids[:, :1], adapter_names=rows).logits  # the decode path
+        model.set_adapter("b")
+        assert max_diff(one_token[1:2], model(input_ids=ids[1:2, :1]).logits) <= 1e-5

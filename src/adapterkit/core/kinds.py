@@ -54,8 +54,15 @@ class ModuleKind:
         return torch.float32 if self.quantized else weight.dtype
 
     def to_weight_layout(self, delta: torch.Tensor) -> torch.Tensor:
-        """An (out, in) delta laid out like the base weight."""
+        """An (out, in) delta laid out like the base weight (and back: the layout is a transpose)."""
         return delta if self.weight_is_out_in else delta.T
+
+    def dense_weight(self, module: nn.Module) -> torch.Tensor:
+        """The module's weight as the (out, in) matrix it computes with (dequantized if packed)."""
+        if self.quantized:
+            return dequantized_weight(module)
+        weight: Any = module.weight
+        return self.to_weight_layout(weight)
 
 
 LINEAR = ModuleKind("linear", weight_is_out_in=True)

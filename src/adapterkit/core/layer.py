@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterkit.core import dora
 from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
 
-__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "lora_scale"]
+__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "adapter_tensor_shapes", "lora_scale"]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _AdapterInfo:
     rank: int
     scale: float
     dropout: float
+    dora: bool = False  # a DoRA adapter: a magnitude per output feature too (core/dora.py)
 
 
 class AdapterParameters(nn.Module):
@@ -73,6 +75,17 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
+def adapter_tensor_shapes(kind: ModuleKind, module: nn.Module, rank: int, use_dora: bool) -> dict[str, tuple[int, ...]]:
+    """The tensors an adapter has at a module, by role ("A", "B", "M": io.keys' factor names),
+    with their shapes. With `LoraAdapters.tensors_of`, the one owner of this fact: save, load,
+    verify and inspect all go through these two."""
+    in_f, out_f = kind.features(module)
+    shapes: dict[str, tuple[int, ...]] = {"A": (rank, in_f), "B": (out_f, rank)}
+    if use_dora:
+        shapes["M"] = (out_f,)
+    return shapes
+
+
 class LoraAdapters(nn.Module):
     def __init__(self, base: nn.Module, kind: ModuleKind, routing: AdapterRouting) -> None:
         super().__init__()
@@ -80,6 +93,9 @@ class LoraAdapters(nn.Module):
         self.routing = routing
         self.lora_A = AdapterParameters()
         self.lora_B = AdapterParameters()
+        self.lora_magnitude_vector = AdapterParameters()  # DoRA adapters only (dora.MAGNITUDE_ATTR)
+        # DoRA adapter -> the weight norm of its merge, which its unmerge needs back.
+        self._dora_norms: dict[str, torch.Tensor] = {}
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
         self.in_features, self.out_features = kind.features(base)
@@ -100,9 +116,9 @@ class LoraAdapters(nn.Module):
 
     # --- adding and removing adapters --------------------------------------
     def add(self, name: str, rank: int, alpha: float, dropout: float, use_rslora: bool,
-            init: bool | str | None = True, trainable: bool = True) -> None:
-        """Add adapter `name`. `init=None` leaves the factors unwritten, for a caller
-        (a validated load) that writes every one of them next."""
+            init: bool | str | None = True, trainable: bool = True, use_dora: bool = False) -> None:
+        """Add adapter `name`. `init=None` leaves the factors (and a DoRA magnitude) unwritten,
+        for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
         weight = self.base.weight
         pack = self.packs.get(rank)
@@ -113,7 +129,12 @@ class LoraAdapters(nn.Module):
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
-        self.info[name] = _AdapterInfo(rank, scale, dropout)
+        self.info[name] = _AdapterInfo(rank, scale, dropout, use_dora)
+        if use_dora:
+            assert not self.kind.indexed, "callers refuse DoRA on embeddings"
+            self.lora_magnitude_vector[name] = nn.Parameter(
+                torch.zeros(self.out_features, device=weight.device, dtype=self.kind.factor_dtype(self.base)),
+                requires_grad=trainable)
         self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
             self.reset(name, init)
@@ -128,6 +149,8 @@ class LoraAdapters(nn.Module):
         # (AdapterModel.delete_adapter releases it): this module must map it to no slot.
         self._set_slot(info.rank, self.routing.ids[name], 0)
         del self.lora_A[name], self.lora_B[name]
+        if info.dora:
+            del self.lora_magnitude_vector[name]
         if not pack.used:
             # An empty pack has no parameter to take a later .to()'s device and dtype from;
             # drop it, and a later adapter of this rank gets a fresh one beside the base weight.
@@ -153,6 +176,15 @@ class LoraAdapters(nn.Module):
             nn.init.kaiming_uniform_(B, a=math.sqrt(5))
         else:
             nn.init.zeros_(B)
+        if self.info[name].dora:
+            self.reset_magnitude(name)
+
+    @torch.no_grad()
+    def reset_magnitude(self, name: str) -> None:
+        """m = ‖W + s·B·A‖ per output row, so a DoRA adapter starts as its plain LoRA does."""
+        info = self.info[name]
+        self.lora_magnitude_vector[name].copy_(
+            dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], info.scale))
 
     def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
         table = self._slot_tables.get(rank)
@@ -175,12 +207,23 @@ class LoraAdapters(nn.Module):
                 grown[: table.numel()] = table
                 self._slot_tables[rank] = grown
 
+    def tensors_of(self, name: str) -> dict[str, nn.Parameter]:
+        """Adapter `name`'s tensors here, by role (see adapter_tensor_shapes)."""
+        tensors = {"A": self.lora_A[name], "B": self.lora_B[name]}
+        if self.info[name].dora:
+            tensors["M"] = self.lora_magnitude_vector[name]
+        return tensors
+
     def has(self, name: str) -> bool:
         return name in self.info
 
     def is_noop(self, name: str) -> bool:
-        """True while the adapter cannot change outputs (B or A all zero)."""
-        return bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
+        """True while the adapter cannot change outputs (B or A all zero; for DoRA, m = ‖W‖ too)."""
+        lora_noop = bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
+        if not lora_noop or not self.info[name].dora:
+            return lora_noop
+        norm = dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], 0.0)
+        return bool(torch.equal(self.lora_magnitude_vector[name].detach(), norm.to(self.lora_magnitude_vector[name].dtype)))
 
     # --- device moves -------------------------------------------------------
     def _apply(self, fn, recurse=True):
@@ -217,7 +260,33 @@ class LoraAdapters(nn.Module):
         # the model's modules (and so every load) slower as adapters accumulate.
         # x may sit elsewhere when accelerate's device_map hooks move inputs inside forward.
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
-        return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
+        out = F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
+        if self.info[name].dora:
+            out = out + self._dora_correction(name, x, out)
+        return out
+
+    def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor) -> torch.Tensor:
+        """DoRA's output on top of its plain LoRA output `lora_out` (see core/dora.py)."""
+        dense = self.kind.dense_weight(self.base)
+        norm = dora.weight_norm(dense, self.lora_A[name], self.lora_B[name], self.info[name].scale)
+        return dora.correction(x, dense, lora_out, self.lora_magnitude_vector[name], norm).to(lora_out.dtype)
+
+    def _mixed_dora(self, x: torch.Tensor, route: Route, out: torch.Tensor) -> torch.Tensor:
+        """Add the DoRA correction to the rows of DoRA adapters (their plain LoRA part already
+        came through the gathered path). Reads which rows use them: only when DoRA is here."""
+        assert route.row_ids is not None
+        rows_of = {self.routing.ids[n]: n for n, info in self.info.items() if info.dora and n not in self.merged}
+        for row_id in route.row_ids.unique().tolist():
+            name = rows_of.get(row_id)
+            if name is None:
+                continue
+            rows = (route.row_ids == row_id).nonzero().squeeze(1)
+            A, B = self.lora_A[name], self.lora_B[name]
+            xr = x.index_select(0, rows).to(A.dtype)
+            lora_out = F.linear(F.linear(xr, A), B) * self.info[name].scale  # (k, ..., out)
+            fix = self._dora_correction(name, xr, lora_out).reshape(rows.numel(), -1, self.out_features)
+            out = out.index_add(0, rows, fix.to(out.dtype))
+        return out
 
     def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
@@ -272,6 +341,8 @@ class LoraAdapters(nn.Module):
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
                 else:
                     out = out + torch.bmm(h, Bt).to(out.dtype)
+        if self.lora_magnitude_vector:
+            out = self._mixed_dora(x, route, out)
         return out.view_as(result)
 
     def packs_dtype(self) -> torch.dtype:
@@ -288,14 +359,33 @@ class LoraAdapters(nn.Module):
         return [n for n in names if n in self.info and n not in self.merged]
 
     @torch.no_grad()
+    def merged_weight(self, weight: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in order.
+        Plain LoRA adds s·B·A; DoRA rescales (core/dora.py)."""
+        merged = weight.clone()
+        for name in names:
+            self._merge_one(merged, name)
+        return merged
+
+    def _merge_one(self, weight: torch.Tensor, name: str) -> torch.Tensor | None:
+        """Merge `name` into `weight` in place; for DoRA, return the norm its unmerge needs."""
+        delta = self.delta_weight(name)
+        if not self.info[name].dora:
+            weight.add_(delta.to(weight.device, weight.dtype))
+            return None
+        layout = self.kind.to_weight_layout  # its own inverse: (out, in) <-> the stored layout
+        new, norm = dora.merge(layout(weight), layout(delta).to(weight.device),
+                               self.lora_magnitude_vector[name].detach().to(weight.device))
+        weight.copy_(layout(new))
+        return norm
+
+    @torch.no_grad()
     def merge_is_finite(self, names: list[str]) -> bool:
         """Would merging `names` leave the base weight free of NaN and inf?"""
         todo = self._pending(names)
         if not todo:
             return True
-        weight = self.base.weight
-        merged = weight + sum(self.delta_weight(n) for n in todo).to(weight.dtype)
-        return bool(torch.isfinite(merged).all())
+        return bool(torch.isfinite(self.merged_weight(self.base.weight, todo)).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
@@ -304,17 +394,40 @@ class LoraAdapters(nn.Module):
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
         weight = self.base.weight
         for name in todo:
-            weight.add_(self.delta_weight(name).to(weight.dtype))
+            norm = self._merge_one(weight, name)
+            if norm is not None:
+                self._dora_norms[name] = norm
             self.merged.append(name)
         return todo
 
     @torch.no_grad()
     def unmerge(self, names: list[str] | None = None) -> None:
+        """Undo merges, newest first. DoRA's merge is not additive, so unmerging one adapter
+        also unmerges (and then re-merges) the adapters merged after it."""
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
+        if not names:
+            return
         weight = self.base.weight
-        for name in reversed(names):
-            weight.sub_(self.delta_weight(name).to(weight.dtype))
+        first = min(self.merged.index(n) for n in names)
+        later = self.merged[first:]
+        if not any(self.info[n].dora for n in later):  # additive: subtract just these
+            for name in reversed(names):
+                weight.sub_(self.delta_weight(name).to(weight.dtype))
+                self.merged.remove(name)
+            return
+        remerge = [n for n in later if n not in names]
+        for name in reversed(later):
+            delta = self.delta_weight(name)
+            if self.info[name].dora:
+                layout = self.kind.to_weight_layout
+                restored = dora.unmerge(layout(weight), layout(delta).to(weight.device),
+                                        self.lora_magnitude_vector[name].detach().to(weight.device),
+                                        self._dora_norms.pop(name))
+                weight.copy_(layout(restored))
+            else:
+                weight.sub_(delta.to(weight.dtype))
             self.merged.remove(name)
+        self.merge(remerge)
 
     def extra_repr(self) -> str:
         ranks = {n: i.rank for n, i in self.info.items()}

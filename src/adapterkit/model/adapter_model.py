@@ -38,7 +38,7 @@ from adapterkit.errors import (
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
-from adapterkit.model.loading import LoadPlan, plan_load, resolve_saved_modules
+from adapterkit.model.loading import LoadPlan, check_dora_targets, plan_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
@@ -176,6 +176,7 @@ class AdapterModel(nn.Module):
         peft_config.check_supported()
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self, peft_config, targets)
+        check_dora_targets(peft_config, targets)
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
             apply_base_init(self, adapter_name, peft_config, write_factors=True)
@@ -192,10 +193,11 @@ class AdapterModel(nn.Module):
                 lora = attach(target.module, target.kind, self.routing)
                 lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
                          peft_config.lora_dropout, peft_config.use_rslora,
-                         None if factors is not None else init, trainable=False)
+                         None if factors is not None else init, trainable=False,
+                         use_dora=peft_config.use_dora)
                 if factors is not None:  # one pass: no second walk to find the slots again
-                    lora.lora_A[adapter_name].copy_(factors[target.name]["A"])
-                    lora.lora_B[adapter_name].copy_(factors[target.name]["B"])
+                    for role, tensor in lora.tensors_of(adapter_name).items():
+                        tensor.copy_(factors[target.name][role])
         for path in saved:
             swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable=False)
         if new_modules:
@@ -230,7 +232,7 @@ class AdapterModel(nn.Module):
             owned: list = []
             for lora in self._loras().values():
                 if lora.has(name):
-                    owned += [lora.lora_A[name], lora.lora_B[name]]
+                    owned += list(lora.tensors_of(name).values())
             owned += [w.modules_to_save[name] for w in self._saved().values() if name in w.modules_to_save]
             self._ownership[name] = owned
         return self._ownership.get(name, [])
@@ -370,6 +372,7 @@ class AdapterModel(nn.Module):
         plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
                          self._module_walk(), self._targets_for(config))
         check_base_init(self, config, plan.targets)
+        check_dora_targets(config, plan.targets)
         was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid

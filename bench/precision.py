@@ -41,7 +41,7 @@ def _folders(seed: int, root: Path):
             for param_name, param in made.named_parameters():
                 if "lora_B" in param_name:
                     param.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed * 100 + len(param_name)))
-        made.save_pretrained(root / name)
+        made.save_pretrained(str(root / name))
     return base
 
 

@@ -8,6 +8,7 @@ computes exactly what it computes alone.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import random
@@ -162,3 +163,30 @@ def test_reserving_a_bad_number_of_adapters_is_refused(bad):
     with pytest.raises(AdapterCapacityError, match="reserve_adapter_slots"):
         model.reserve_adapter_slots(bad)
     assert model.routing.reserved_slots == 0
+
+
+@torch.no_grad()
+def test_a_copied_model_grows_its_own_tables(folders):
+    """A deepcopy's routing watches the copy's modules: ids handed out in the copy reach its tables."""
+    model = AdapterModel(tiny_llama()).eval()
+    model.load_adapter(folders[0], adapter_name="first")
+    copied = copy.deepcopy(model)
+    for i in range(20):  # past the first id capacity (8): every table must grow, in the copy only
+        copied.load_adapter(folders[3], adapter_name=f"more{i}")
+    loras = copied._loras().values()
+    assert all(t.numel() >= copied.routing.id_capacity for lora in loras for t in lora._slot_tables.values())
+    assert all(t.numel() == 8 for lora in model._loras().values() for t in lora._slot_tables.values())
+    ids = input_ids(seed=8, batch=2)
+    mixed = copied(input_ids=ids, adapter_names=["more19", "first"]).logits
+    assert max_diff(mixed[1], model(input_ids=ids[1:], adapter_names=["first"]).logits[0]) < 1e-5
+
+
+def test_many_distinct_recipes_keep_the_target_cache_bounded():
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    subsets = [[m for bit, m in enumerate(modules) if mask >> bit & 1] for mask in range(1, 2 ** len(modules))]
+    model = AdapterModel(tiny_llama())
+    model.add_adapter("keep", LoraConfig(r=2, target_modules=modules))  # the modules stay attached
+    for i, targets in enumerate(subsets[:100]):
+        model.add_adapter(f"recipe{i}", LoraConfig(r=2, target_modules=targets))
+        model.delete_adapter(f"recipe{i}")
+    assert len(model._target_cache) <= 64 and len(model.routing.ids) == 1

@@ -25,7 +25,8 @@ LORA_CHILD = "lora"
 
 
 def _lora_hook(module: nn.Module, args, output):
-    return module.lora(args[0], output)
+    lora: LoraAdapters = getattr(module, LORA_CHILD)
+    return lora(args[0], output)
 
 
 def attach(module: nn.Module, kind: ModuleKind | str, routing: AdapterRouting) -> LoraAdapters:

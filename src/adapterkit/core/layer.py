@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class AdapterParameters(nn.Module):
     """
 
     def __getitem__(self, name: str) -> nn.Parameter:
-        return self._parameters[name]
+        return cast(nn.Parameter, self._parameters[name])
 
     def __setitem__(self, name: str, param: nn.Parameter) -> None:
         self._parameters[name] = param
@@ -107,9 +108,21 @@ class LoraAdapters(nn.Module):
         self._slot_tables: dict[int, torch.Tensor] = {}
         routing.watch(self)
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.routing.watch(self)  # a copy's routing is a copy too: it must grow this copy's tables
+
     @property
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
+
+    @staticmethod
+    def _weight_of(module: nn.Module) -> torch.Tensor:
+        return cast(torch.Tensor, module.weight)
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self._weight_of(self.base)
 
     def _params(self):
         return (self.lora_A, self.lora_B)
@@ -120,7 +133,7 @@ class LoraAdapters(nn.Module):
         """Add adapter `name`. `init=None` leaves the factors (and a DoRA magnitude) unwritten,
         for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
-        weight = self.base.weight
+        weight = self.base_weight
         pack = self.packs.get(rank)
         if pack is None:
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, weight.device,
@@ -252,7 +265,7 @@ class LoraAdapters(nn.Module):
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
         if self.kind.indexed:
-            base = self.base
+            base = cast(nn.Embedding, self.base)
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
             return (after_A @ B.T) * scale  # (..., out)
@@ -303,13 +316,17 @@ class LoraAdapters(nn.Module):
         """
         rows = x.shape[0]
         row_ids, in_use = route.row_ids, route.row_names
+        assert row_ids is not None  # forward sends only mixed routes here
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
             if len(self.packs) > 1 and in_use is not None and pack.used.keys().isdisjoint(in_use):
                 continue  # no row of this batch uses an adapter of this rank here
-            slots = self._slot_tables[rank].index_select(0, row_ids)  # (rows,)
+            table = self._slot_tables[rank]
+            if table.numel() < self.routing.id_capacity:  # not grown with the ids (never, normally):
+                table = F.pad(table, (0, self.routing.id_capacity - table.numel()))  # slot 0, no write
+            slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
             if self.kind.indexed:
@@ -385,14 +402,14 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        return bool(torch.isfinite(self.merged_weight(self.base.weight, todo)).all())
+        return bool(torch.isfinite(self.merged_weight(self.base_weight, todo)).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
-        weight = self.base.weight
+        weight = self.base_weight
         for name in todo:
             norm = self._merge_one(weight, name)
             if norm is not None:
@@ -407,7 +424,7 @@ class LoraAdapters(nn.Module):
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
         if not names:
             return
-        weight = self.base.weight
+        weight = self.base_weight
         first = min(self.merged.index(n) for n in names)
         later = self.merged[first:]
         if not any(self.info[n].dora for n in later):  # additive: subtract just these

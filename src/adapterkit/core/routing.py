@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import threading
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -65,6 +66,24 @@ class AdapterRouting:
         self.id_capacity = 8
         self._owners: weakref.WeakSet = weakref.WeakSet()
         self.reserved_slots = 0  # room every pack is created with (see reserve)
+        # Calls of this model running with their own Route, on any thread. While there are none,
+        # layers read the shared Route without touching the context variable, which torch.compile
+        # cannot trace (each adapted layer would break the graph).
+        self._calls_with_route = 0
+        self._count_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # A copy (deepcopy of a model, pickling) watches its own modules, which re-register
+        # (LoraAdapters.__setstate__), and has no call in flight.
+        state = dict(self.__dict__)
+        del state["_owners"], state["_count_lock"]
+        state["_calls_with_route"] = 0
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._owners = weakref.WeakSet()
+        self._count_lock = threading.Lock()
 
     # --- the model-wide choice ------------------------------------------------------
     @property
@@ -86,11 +105,12 @@ class AdapterRouting:
     # --- per call -----------------------------------------------------------------------
     def current(self) -> Route:
         """The Route of the call in progress on this thread / task, else the model-wide one."""
-        routes = _CALL_ROUTES.get()
-        if routes is not None:
-            route = routes.get(self)
-            if route is not None:
-                return route
+        if self._calls_with_route:
+            routes = _CALL_ROUTES.get()
+            if routes is not None:
+                route = routes.get(self)
+                if route is not None:
+                    return route
         return self._shared
 
     @property
@@ -101,12 +121,16 @@ class AdapterRouting:
     @contextlib.contextmanager
     def call(self, route: Route):
         """Run the block with `route`, for this thread / task only."""
+        with self._count_lock:  # += is not atomic across threads
+            self._calls_with_route += 1
         routes = _CALL_ROUTES.get()
         token = _CALL_ROUTES.set({**(routes or {}), self: route})
         try:
             yield
         finally:
             _CALL_ROUTES.reset(token)
+            with self._count_lock:
+                self._calls_with_route -= 1
 
     # --- row ids ---------------------------------------------------------------------------
     def watch(self, owner: SlotTableOwner) -> None:

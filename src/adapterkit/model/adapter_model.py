@@ -93,6 +93,8 @@ class AdapterModel(nn.Module):
         key = json.dumps([config.target_modules, config.exclude_modules, config.layers_to_transform,
                           config.layers_pattern, config.modules_to_save, config.task_type], sort_keys=True)
         if key not in self._target_cache:
+            if len(self._target_cache) >= 64:  # bounded: a server may see thousands of recipes
+                del self._target_cache[next(iter(self._target_cache))]
             modules = self._module_walk()
             self._target_cache[key] = (find_targets(self.model, config, modules),
                                        resolve_saved_modules(self.model, config, modules))

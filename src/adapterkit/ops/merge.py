@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,12 +73,13 @@ def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_
         if broken:
             raise NaNInMergeError(f"Merging {names} puts NaN or inf into {broken[:3]}; nothing was written. "
                                   "Check the adapter weights (diverged training?).")
-    config = getattr(base, "config", None)
+    config: Any = getattr(base, "config", None)
     was_tied = getattr(config, "tie_word_embeddings", None)
+    save_pretrained: Any = base.save_pretrained  # a transformers model's
     try:
         if untie and was_tied:
             config.tie_word_embeddings = False
-        base.save_pretrained(staging, state_dict=state)
+        save_pretrained(staging, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if out.exists():

@@ -255,3 +255,30 @@ def test_mixed_batch_rows_equal_each_adapter_alone(scheme):
         one_token = model(input_ids=ids[:, :1], adapter_names=rows).logits  # the decode path
         model.set_adapter("b")
         assert max_diff(one_token[1:2], model(input_ids=ids[1:2, :1]).logits) <= 1e-5
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_dora_on_quantized_layers_matches_peft_and_merges_when_dequantized(scheme, tmp_path):
+    from peft import PeftModel as PeftPeftModel
+
+    ours = get_peft_model(quantized_llama(scheme), config(use_dora=True))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in ours.named_parameters():
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.3 * torch.randn(param.shape, generator=generator))
+            elif ".lora." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    before = logits(ours)
+    ours.save_pretrained(tmp_path / "a")
+    theirs_base = quantized_llama(scheme)
+    theirs_base.is_loaded_in_4bit, theirs_base.is_loaded_in_8bit = scheme != "int8", scheme == "int8"
+    theirs = PeftPeftModel.from_pretrained(theirs_base, tmp_path / "a")
+    assert max_diff(logits(theirs), before) <= 1e-5
+    expected = {path: lora.merged_weight(dequantized_weight(lora.base), ["default"])
+                for path, lora in ours._loras().items()}
+    merged = ours.merge_and_unload(dequantize=True)
+    for path, weight in expected.items():
+        assert max_diff(merged.get_submodule(path).weight, weight) == 0, path
+    if scheme != "int8":
+        assert max_diff(logits(merged), before) <= 1e-5

@@ -36,11 +36,14 @@ def weight_norm(dense: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: fl
 
 
 def correction(x: torch.Tensor, dense: torch.Tensor, lora_out: torch.Tensor, magnitude: torch.Tensor,
-               norm: torch.Tensor) -> torch.Tensor:
+               norm: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
     """(g - 1) ⊙ (W x + lora_out): what DoRA adds on top of the plain LoRA output `lora_out`
-    (= s·B A x, already computed). x: (..., in), lora_out: (..., out)."""
+    (= s·B A x, already computed). x: (..., in), lora_out: (..., out). `base_out` is W x when
+    the caller has it: the base layer's own output (bias excluded), as PEFT uses it; on a
+    quantized layer it differs from x @ dequantized(W) by the layer's activation rounding."""
     gain_minus_one = magnitude / norm - 1  # (out,)
-    return gain_minus_one * (F.linear(x.to(dense.dtype), dense) + lora_out)  # (..., out)
+    wx = F.linear(x.to(dense.dtype), dense) if base_out is None else base_out.to(lora_out.dtype)
+    return gain_minus_one * (wx + lora_out)  # (..., out)
 
 
 @torch.no_grad()

@@ -256,12 +256,19 @@ class LoraAdapters(nn.Module):
             return result
         if route.row_ids is not None:
             return self._mixed_delta(x, route, result)
+        base_out = result
         for name in route.active:
             if name in self.info and name not in self.merged:
-                result = result + self._delta(name, x).to(result.dtype)
+                result = result + self._delta(name, x, base_out).to(result.dtype)
         return result
 
-    def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _base_without_bias(self, base_out: torch.Tensor) -> torch.Tensor:
+        bias = getattr(self.base, "bias", None)
+        return base_out if bias is None else base_out - bias
+
+    def _delta(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """`base_out`: the base layer's output for x, which DoRA reuses as W x (as PEFT does)
+        where no dropout separates the two."""
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
         if self.kind.indexed:
@@ -275,16 +282,20 @@ class LoraAdapters(nn.Module):
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         out = F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
         if self.info[name].dora:
-            out = out + self._dora_correction(name, x, out)
+            same_x = base_out is not None and (not self.training or self.info[name].dropout == 0)
+            out = out + self._dora_correction(name, x, out, self._base_without_bias(base_out) if same_x else None)
         return out
 
-    def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor) -> torch.Tensor:
-        """DoRA's output on top of its plain LoRA output `lora_out` (see core/dora.py)."""
+    def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor,
+                         base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """DoRA's output on top of its plain LoRA output `lora_out` (see core/dora.py).
+        `base_out` (W x, bias excluded) is computed from x when not given."""
         dense = self.kind.dense_weight(self.base)
         norm = dora.weight_norm(dense, self.lora_A[name], self.lora_B[name], self.info[name].scale)
-        return dora.correction(x, dense, lora_out, self.lora_magnitude_vector[name], norm).to(lora_out.dtype)
+        magnitude = self.lora_magnitude_vector[name]
+        return dora.correction(x, dense, lora_out, magnitude, norm, base_out).to(lora_out.dtype)
 
-    def _mixed_dora(self, x: torch.Tensor, route: Route, out: torch.Tensor) -> torch.Tensor:
+    def _mixed_dora(self, x: torch.Tensor, route: Route, out: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """Add the DoRA correction to the rows of DoRA adapters (their plain LoRA part already
         came through the gathered path). Reads which rows use them: only when DoRA is here."""
         assert route.row_ids is not None
@@ -297,7 +308,8 @@ class LoraAdapters(nn.Module):
             A, B = self.lora_A[name], self.lora_B[name]
             xr = x.index_select(0, rows).to(A.dtype)
             lora_out = F.linear(F.linear(xr, A), B) * self.info[name].scale  # (k, ..., out)
-            fix = self._dora_correction(name, xr, lora_out).reshape(rows.numel(), -1, self.out_features)
+            base_rows = self._base_without_bias(base_out.index_select(0, rows)).reshape(lora_out.shape)
+            fix = self._dora_correction(name, xr, lora_out, base_rows).reshape(rows.numel(), -1, self.out_features)
             out = out.index_add(0, rows, fix.to(out.dtype))
         return out
 
@@ -318,6 +330,8 @@ class LoraAdapters(nn.Module):
         row_ids, in_use = route.row_ids, route.row_names
         assert row_ids is not None  # forward sends only mixed routes here
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
+        # DoRA rows reuse the base output as W x (as PEFT does); it is about to be added to in place.
+        base_out = out.clone() if self.lora_magnitude_vector else out
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
@@ -359,7 +373,7 @@ class LoraAdapters(nn.Module):
                 else:
                     out = out + torch.bmm(h, Bt).to(out.dtype)
         if self.lora_magnitude_vector:
-            out = self._mixed_dora(x, route, out)
+            out = self._mixed_dora(x, route, out, base_out)
         return out.view_as(result)
 
     def packs_dtype(self) -> torch.dtype:

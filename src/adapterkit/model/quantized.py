@@ -52,8 +52,7 @@ def dequantized_replacements(model: nn.Module, loras: dict[str, LoraAdapters], n
         lora = loras.get(path)
         if lora is not None:
             todo = [n for n in names if lora.has(n) and n not in lora.merged]
-            for name in todo:
-                linear.weight.add_(lora.delta_weight(name).to(linear.weight.device, linear.weight.dtype))
+            linear.weight.copy_(lora.merged_weight(linear.weight, todo))  # plain LoRA adds; DoRA rescales
         if safe_merge and not torch.isfinite(linear.weight).all():
             raise NaNInMergeError(
                 f"Merging {names} would put NaN or inf into {path}; nothing was merged. "

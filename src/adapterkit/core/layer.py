@@ -282,8 +282,9 @@ class LoraAdapters(nn.Module):
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         out = F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
         if self.info[name].dora:
-            same_x = base_out is not None and (not self.training or self.info[name].dropout == 0)
-            out = out + self._dora_correction(name, x, out, self._base_without_bias(base_out) if same_x else None)
+            same_x = not self.training or self.info[name].dropout == 0
+            wx = self._base_without_bias(base_out) if base_out is not None and same_x else None
+            out = out + self._dora_correction(name, x, out, wx)
         return out
 
     def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor,

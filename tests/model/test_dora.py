@@ -152,3 +152,16 @@ def test_dora_on_embeddings_is_refused_before_anything_changes(arch):
     with pytest.raises(UnsupportedAdapterError, match="embedding"):
         model.add_adapter("d", LoraConfig(r=2, target_modules=[EMBEDDINGS[arch]], use_dora=True))
     assert {n for n, _ in model.named_parameters()} == before and "d" not in model.peft_config
+
+
+def test_combining_or_hotswapping_dora_adapters_is_refused(tmp_path):
+    from adapterkit.errors import AdapterCombinationError, HotswapError
+
+    model = get_peft_model(FACTORIES["llama"](), LoraConfig(**dora_kwargs("llama")))
+    model.add_adapter("plain", LoraConfig(r=4, lora_alpha=8, target_modules=ARCHS["llama"]))
+    model.save_pretrained(tmp_path / "all")
+    with pytest.raises(AdapterCombinationError, match="DoRA"):
+        model.add_weighted_adapter(["default", "plain"], [0.5, 0.5], "mix", combination_type="cat")
+    assert "mix" not in model.peft_config
+    with pytest.raises(HotswapError, match="DoRA"):
+        model.hotswap_adapter(tmp_path / "all", adapter_name="plain")

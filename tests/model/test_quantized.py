@@ -118,11 +118,11 @@ def test_forward_matches_peft_on_the_same_quantized_layers(scheme, tmp_path):
     assert max_diff(logits(loaded), expected) <= 1e-5
 
 
-@pytest.mark.parametrize("scheme", ["nf4", "int8"])
-def test_training_updates_only_lora_weights_with_gradient_checkpointing(scheme):
+@pytest.mark.parametrize(("scheme", "checkpointing"), [("nf4", None), ("int8", {"use_reentrant": False})])
+def test_training_updates_only_lora_weights_with_gradient_checkpointing(scheme, checkpointing):
     model = get_peft_model(quantized_llama(scheme), config())
     base = model.get_base_model()
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)  # None: transformers' default
     base.train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora." in n for n in trainable)

@@ -89,6 +89,7 @@ def find_targets(model: nn.Module, config: LoraConfig,
         kind = module_kind(module)
         if not name or kind is None or name in inside_saved:
             continue
+        entry: str | None
         if target == ALL_LINEAR:
             if kind is EMBEDDING or name in head_names:
                 continue
@@ -105,7 +106,8 @@ def find_targets(model: nn.Module, config: LoraConfig,
         if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
             continue
         if config.layers_to_transform is not None and not isinstance(target, str):
-            if _layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+            layers = config.layers_to_transform  # LoraConfig made an int a list
+            if _layer_index(name, config.layers_pattern) not in (layers if isinstance(layers, list) else [layers]):
                 continue
         found.append(TargetedModule(name, module, kind))
     _check_coverage(model, config, found, used_entries)

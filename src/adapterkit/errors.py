@@ -98,3 +98,8 @@ class SettingOutOfRangeError(AdapterError, ValueError):
 # --- core runtime (row ids, packs, routing) ----------------------------------
 class AdapterCapacityError(AdapterError, ValueError):
     """A number of adapter slots that cannot be reserved (negative, or not an integer)."""
+
+
+# --- variants2: quantized bases, module kinds ----------------------------------
+class QuantizedMergeError(AdapterStateError):
+    """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""

@@ -32,6 +32,7 @@ _EXPORTS = {
             "AdapterStateError", "AdapterWeightsNotFoundError", "BaseModelMismatchError",
             "CorruptAdapterFileError", "NaNInMergeError", "TargetModulesError", "UnknownAdapterError",
             "UnsupportedAdapterError",
+            "AdapterDtypeError", "AdapterFileUnreadableError", "InvalidAdapterNameError", "NonFiniteAdapterError",
         )
     },
 }

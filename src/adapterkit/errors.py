@@ -73,3 +73,20 @@ class AdapterStateError(AdapterError, ValueError):
 
 class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
+
+
+# --- hostile input: adapter names, files and values (hardening) -------------
+class InvalidAdapterNameError(AdapterError, ValueError):
+    """An adapter name that cannot be used (empty, with '.' or '/', reserved, not a string)."""
+
+
+class AdapterFileUnreadableError(AdapterError, OSError):
+    """An adapter file exists but cannot be opened (permissions, a broken link, an I/O error)."""
+
+
+class AdapterDtypeError(AdapterError, ValueError):
+    """A tensor in the adapter file is not floating point (int, bool, complex): casting would change it."""
+
+
+class NonFiniteAdapterError(AdapterError, ValueError):
+    """A tensor or a scale (lora_alpha, alpha_pattern) holds NaN or inf; `allow_nonfinite=True` accepts it."""

@@ -17,15 +17,20 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterkit.errors import AdapterConfigError, UnsupportedAdapterError
+from adapterkit.core.config_checks import (
+    RANK_ALPHA_KEY_REGEX,
+    OversizedInteger,
+    check_fields,
+    config_error,
+    shown,
+)
+from adapterkit.errors import AdapterConfigError, AdapterFileUnreadableError, UnsupportedAdapterError
 
 CONFIG_NAME = "adapter_config.json"
 PEFT_FORMAT_VERSION = "0.21.2"  # the PEFT release whose format we write
 
 # Fields a file must state: a default here would silently change outputs.
 REQUIRED_ON_READ = ("peft_type", "r", "lora_alpha")
-
-_BIAS_CHOICES = ("none", "all", "lora_only")
 
 # Classifier heads PEFT trains alongside LoRA for these task types.
 TASK_HEADS = {
@@ -74,6 +79,7 @@ class LoraConfig:
     alora_invocation_tokens: Any = None
 
     def __post_init__(self) -> None:
+        check_fields(vars(self))  # before normalising: sorted() of a mixed-type set would raise
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if isinstance(self.exclude_modules, (set, tuple)):
@@ -90,17 +96,8 @@ class LoraConfig:
 
     # --- checks -------------------------------------------------------------
     def validate(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise AdapterConfigError(f"LoraConfig.r must be a positive integer, got {self.r!r}.")
-        if self.bias not in _BIAS_CHOICES:
-            raise AdapterConfigError(
-                f"LoraConfig.bias must be one of {_BIAS_CHOICES}, got {self.bias!r}."
-            )
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise AdapterConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        for name, rank in self.rank_pattern.items():
-            if not isinstance(rank, int) or rank <= 0:
-                raise AdapterConfigError(f"rank_pattern[{name!r}] must be a positive integer, got {rank!r}.")
+        """Types and ranges of every field (core.config_checks), then how fields combine."""
+        check_fields(vars(self))
         if isinstance(self.target_modules, str):
             for name in ("layers_to_transform", "layers_pattern"):
                 if getattr(self, name) is not None:  # PEFT refuses this too; it would be ignored
@@ -108,11 +105,6 @@ class LoraConfig:
                         f"LoraConfig.{name} cannot be used when target_modules is a string "
                         f"({self.target_modules!r}): give target_modules as a list of module names instead."
                     )
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            raise UnsupportedAdapterError(
-                f"init_lora_weights={self.init_lora_weights!r} is not supported; "
-                "use True (B = 0: a new adapter changes nothing), False (random B) or 'gaussian'."
-            )
 
     def check_supported(self) -> None:
         """Refuse options that would change outputs and that we do not implement."""
@@ -171,40 +163,120 @@ class LoraConfig:
                 "adapterkit will not guess them. Add them to the file (PEFT writes all three)."
             )
         known = {f.name for f in dataclasses.fields(cls)}
-        # Fields PEFT writes that do not change a plain LoRA's outputs when left at their defaults.
-        ignorable = {"peft_version", "auto_mapping", "megatron_config", "megatron_core", "loftq_config",
-                     "eva_config", "corda_config", "lora_ga_config", "velora_config", "qalora_group_size",
-                     "monteclora_config", "runtime_config", "use_bdlora", "arrow_config", "kasa_config",
-                     "ensure_weight_tying"}
-        unknown = sorted(set(data) - known - ignorable)
+        kwargs: dict[str, Any] = {}
+        try:
+            check_fields(data)  # before copying: a value nested too deep would overflow deepcopy
+            for key, value in data.items():
+                if key in known:
+                    kwargs[key] = _copied(key, value)
+            config = cls(**kwargs)
+        except AdapterConfigError as exc:
+            raise type(exc)(f"{source} is not a valid LoRA config: {exc}") from exc
+        # Warned only once the config is valid: a refused file gets one message, not two.
+        unknown = sorted(set(data) - known - _IGNORABLE)
         if unknown:
             warnings.warn(
                 f"{source} has fields this adapterkit does not know ({', '.join(unknown)}), probably "
                 "from a newer PEFT; they are ignored. Check that the adapter does not rely on them.",
                 stacklevel=3,
             )
-        kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
-        try:
-            config = cls(**kwargs)
-        except (TypeError, AdapterConfigError) as exc:
-            raise AdapterConfigError(f"{source} is not a valid LoRA config: {exc}") from exc
         return config
 
     @classmethod
     def from_json_file(cls, path: str) -> LoraConfig:
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise AdapterConfigError(f"{path} is not valid JSON ({exc}); re-save the adapter.") from exc
-        if not isinstance(data, dict):
-            raise AdapterConfigError(f"{path} must hold a JSON object, found {type(data).__name__}.")
-        return cls.from_dict(data, source=path)
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise AdapterFileUnreadableError(
+                f"{path} cannot be read ({exc.strerror or exc}); check its permissions, or save the adapter again."
+            ) from exc
+        return cls.from_dict(_parse_json_object(raw, path), source=path)
+
+
+# Fields PEFT writes that do not change a plain LoRA's outputs when left at their defaults.
+_IGNORABLE = {"peft_version", "auto_mapping", "megatron_config", "megatron_core", "loftq_config",
+              "eva_config", "corda_config", "lora_ga_config", "velora_config", "qalora_group_size",
+              "monteclora_config", "runtime_config", "use_bdlora", "arrow_config", "kasa_config",
+              "ensure_weight_tying"}
+
+
+def _copied(key: str, value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except RecursionError:
+        raise config_error(key, value, "a value nested a few levels deep at most") from None
+
+
+def _parse_int(text: str) -> int | OversizedInteger:
+    return int(text) if len(text) <= 4000 else OversizedInteger(len(text))
+
+
+def _parse_json_object(raw: bytes, path: str) -> dict[str, Any]:
+    """The config file's top-level object. Every failure names the field when one is at fault."""
+    # Undecodable bytes become lone surrogates, so the JSON still parses and the field that holds
+    # them can be named below.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    try:
+        data = json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        field, snippet = _field_too_deep(text)
+        raise AdapterConfigError(
+            f"{path} is not a valid LoRA config: {field} is {snippet!r}..., nested deeper than "
+            "Python can parse; expected a JSON object of flat values (numbers, strings, lists of strings)."
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, or a number the parser refuses
+        raise AdapterConfigError(f"{path} is not valid JSON ({exc}); re-save the adapter.") from None
+    if not isinstance(data, dict):
+        raise AdapterConfigError(f"{path} must hold a JSON object, found {shown(data)}.")
+    for key, value in data.items():
+        if _has_undecodable(key) or _has_undecodable(value):
+            raise AdapterConfigError(
+                f"{path} is not a valid LoRA config: field {key.encode('utf-8', 'backslashreplace').decode()} "
+                f"holds bytes that are not UTF-8 ({shown(value)}); expected UTF-8 text, "
+                "as JSON requires: re-save the file as UTF-8."
+            )
+    return data
+
+
+def _has_undecodable(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, list):
+        return any(_has_undecodable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_undecodable(k) or _has_undecodable(v) for k, v in value.items())
+    return False
+
+
+def _field_too_deep(text: str) -> tuple[str, str]:
+    """("field NAME", start of its value) for the top-level field whose value overflows the parser."""
+    decoder = json.JSONDecoder()
+    if not text.lstrip().startswith("{"):
+        return "the top-level value", text.lstrip()[:24]
+    try:
+        return _walk_fields(text, decoder, text.index("{") + 1)
+    except (ValueError, IndexError):  # malformed beyond the deep part: name what we can
+        return "a field", text[:24]
+
+
+def _walk_fields(text: str, decoder: json.JSONDecoder, position: int) -> tuple[str, str]:
+    while True:
+        key_start = text.index('"', position)
+        key, position = decoder.raw_decode(text, key_start)
+        position = text.index(":", position) + 1
+        while text[position] in " \t\r\n":
+            position += 1
+        try:
+            _, position = decoder.raw_decode(text, position)
+        except RecursionError:
+            return f"field {key}", text[position:position + 24]
+        position = text.index(",", position) + 1
 
 
 def _pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
     """PEFT's rule: a pattern key matches a module name ending in it at a dot boundary (regex allowed)."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_name):
+        if re.match(RANK_ALPHA_KEY_REGEX.format(key=key), module_name):
             return key
     return None

@@ -1,30 +1,43 @@
-"""Validate an adapter's tensors against a model before anything is changed.
+"""Every check a load makes, before anything changes: adapterkit's one validation path.
 
-`plan_load` reads nothing from the model but names and shapes; it raises on the
-first problem it can describe fully (all unexpected keys, all missing keys, all
-shape mismatches at once), so a failed load leaves the model exactly as it was.
+`check_load` reads from the model only names, shapes and its fingerprint. It checks the config
+first, raising, since nothing else can be checked without a valid config and its targets. It
+then compares every tensor with what the model expects (keys, shapes, floating dtypes, finite
+values, finite scales) and the recorded base, collecting every problem. `load_adapter` raises
+the first problem, `adapterkit verify` lists them all: the two agree on every input because
+they run this same function. A failed load therefore leaves the model exactly as it was.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from adapterkit.core.config import TASK_HEADS, LoraConfig
+from adapterkit.core.config import CONFIG_NAME, TASK_HEADS, LoraConfig
 from adapterkit.core.injection import ModulesToSave, lora_modules, walk
 from adapterkit.core.targeting import TargetedModule, find_targets
-from adapterkit.errors import AdapterKeyMismatchError, AdapterShapeMismatchError, TargetModulesError
+from adapterkit.errors import (
+    AdapterDtypeError,
+    AdapterError,
+    AdapterKeyMismatchError,
+    AdapterShapeMismatchError,
+    BaseModelMismatchError,
+    NonFiniteAdapterError,
+    TargetModulesError,
+)
 from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
+from adapterkit.io.folder import AdapterFiles
 
 
 @dataclass
 class LoadPlan:
     targets: list[TargetedModule]
     saved_modules: list[str]
-    # on-disk key -> (slot, tensor), every one checked
     factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
@@ -63,8 +76,8 @@ def _original(model: nn.Module, path: str) -> nn.Module:
 
 
 def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
-                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
-    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]] = {}
+                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]:
+    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]] = {}
     modules = list(walk(model, modules))
     existing_loras = lora_modules(model, modules)
     for target in targets:
@@ -74,11 +87,11 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
             in_f, out_f = weight.shape[1], weight.shape[0]
         else:
             in_f, out_f = weight.shape[0], weight.shape[1]
-        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.Slot("A", target.name), (rank, in_f))
-        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.Slot("B", target.name), (out_f, rank))
+        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.TensorDestination("A", target.name), (rank, in_f))
+        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.TensorDestination("B", target.name), (out_f, rank))
     for path in saved_modules:
         for param, tensor in _original(model, path).state_dict().items():
-            expected[keys.saved_key(path, param)] = (keys.Slot("saved", path, param), tuple(tensor.shape))
+            expected[keys.saved_key(path, param)] = (keys.TensorDestination("saved", path, param), tuple(tensor.shape))
     if config.bias != "none":
         target_names = {t.name for t in targets}
         if config.bias == "lora_only":
@@ -91,24 +104,83 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
             bias = getattr(module, "bias", None)
             if isinstance(bias, torch.Tensor):
                 wrapped = path in target_names or path in existing_loras
-                expected[keys.bias_key(path, wrapped)] = (keys.Slot("bias", path), tuple(bias.shape))
+                expected[keys.bias_key(path, wrapped)] = (keys.TensorDestination("bias", path), tuple(bias.shape))
     return expected
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if tensor.element_size() == 1:  # float8: torch has no isfinite for it
+        tensor = tensor.float()
+    return bool(torch.isfinite(tensor).all())
+
+
+@dataclass
+class ValueCheck:
+    """What is wrong with an adapter's values whatever the model: dtypes and finiteness."""
+
+    wrong_dtype: list[tuple[str, torch.dtype]] = field(default_factory=list)  # key, dtype
+    nonfinite: list[str] = field(default_factory=list)  # keys of tensors holding NaN or inf
+    nonfinite_scales: list[str] = field(default_factory=list)  # e.g. "lora_alpha=nan"
+
+    def lines(self) -> list[str]:
+        return ([f"{key} has dtype {str(dtype).removeprefix('torch.')}; adapter tensors must be floating point"
+                 for key, dtype in self.wrong_dtype]
+                + [f"{key} holds NaN or inf" for key in self.nonfinite]
+                + [f"{scale} is not a finite number" for scale in self.nonfinite_scales])
+
+    def errors(self, source: str, config_source: str) -> list[AdapterError]:
+        out: list[AdapterError] = []
+        if self.nonfinite_scales:
+            out.append(NonFiniteAdapterError(
+                f"{config_source} sets {', '.join(self.nonfinite_scales[:3])}: a scale that is not a finite "
+                "number poisons every output. Fix the value, or pass allow_nonfinite=True "
+                "(CLI: --allow-nonfinite) to load it anyway."))
+        if self.wrong_dtype:
+            shown = ", ".join(f"{k} ({str(d).removeprefix('torch.')})" for k, d in self.wrong_dtype[:3])
+            out.append(AdapterDtypeError(
+                f"{source} holds {len(self.wrong_dtype)} tensor(s) that are not floating point, e.g. {shown}; "
+                "LoRA tensors are float32, float16, bfloat16 or float64, and casting these would change "
+                "them. Re-save the adapter from its floating-point weights."))
+        if self.nonfinite:
+            out.append(NonFiniteAdapterError(
+                f"{source} holds NaN or inf in {len(self.nonfinite)} tensor(s), e.g. {self.nonfinite[:3]}; "
+                "loading it would poison every output. The adapter is broken (diverged training?): retrain "
+                "it, or pass allow_nonfinite=True (CLI: --allow-nonfinite) to load it anyway."))
+        return out
+
+
+def check_values(config: LoraConfig, tensors: dict[str, torch.Tensor], allow_nonfinite: bool = False) -> ValueCheck:
+    """Dtype of every tensor, and unless `allow_nonfinite`, finiteness of every tensor and scale.
+    Needs no model: `adapterkit inspect` runs it alone, check_tensors as part of a load."""
+    check = ValueCheck()
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():  # int, bool and complex all land here
+            check.wrong_dtype.append((key, tensor.dtype))
+        elif not allow_nonfinite and not _all_finite(tensor):
+            check.nonfinite.append(key)
+    if not allow_nonfinite:
+        scales = {"lora_alpha": config.lora_alpha,
+                  **{f"alpha_pattern[{k!r}]": v for k, v in config.alpha_pattern.items()}}
+        check.nonfinite_scales = [f"{name}={value}" for name, value in scales.items()
+                                  if not math.isfinite(value)]
+    return check
 
 
 @dataclass
 class TensorCheck:
     """How an adapter's tensors compare with what a model expects for its config."""
 
-    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]]
+    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]
     unexpected: list[str]
     missing: list[str]
-    mismatched: list[tuple[str, keys.Slot, tuple[int, ...]]]  # key, slot, expected shape
+    mismatched: list[tuple[str, keys.TensorDestination, tuple[int, ...]]]  # key, destination, expected shape
+    values: ValueCheck
 
 
 def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor],
-                  targets: list[TargetedModule], saved_modules: list[str], modules=None) -> TensorCheck:
-    """Compare file tensors with the model, without changing anything. Both load_adapter
-    (which raises on the result) and `adapterkit verify` (which lists it) use this."""
+                  targets: list[TargetedModule], saved_modules: list[str], modules=None,
+                  allow_nonfinite: bool = False) -> TensorCheck:
+    """Compare file tensors with the model, without changing anything."""
     expected = expected_tensors(model, config, targets, saved_modules, modules)
 
     # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
@@ -116,7 +188,7 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
     for target in targets:
         key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
         if key in tensors:
-            optional[key] = (keys.Slot("base_weight", target.name), tuple(target.module.weight.shape))
+            optional[key] = (keys.TensorDestination("base_weight", target.name), tuple(target.module.weight.shape))
     # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
     # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
     # (the head the adapter replaces): accepted, and not used.
@@ -126,60 +198,108 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
                 for inner in ("modules_to_save", "original_module"):
                     key = f"{keys.PREFIX}{path}.{inner}.{param}"
                     if param.endswith("bias") and key in tensors:
-                        optional[key] = (keys.Slot("ignored", path, param), tuple(tensor.shape))
+                        optional[key] = (keys.TensorDestination("ignored", path, param), tuple(tensor.shape))
     expected.update(optional)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
-    mismatched = [(key, slot, shape) for key, (slot, shape) in expected.items()
+    mismatched = [(key, dest, shape) for key, (dest, shape) in expected.items()
                   if key in tensors and tuple(tensors[key].shape) != shape]
-    return TensorCheck(expected, unexpected, missing, mismatched)
+    return TensorCheck(expected, unexpected, missing, mismatched, check_values(config, tensors, allow_nonfinite))
 
 
-def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
-              recorded_base: BaseFingerprint | None = None, modules=None, targets_and_saved=None) -> LoadPlan:
-    """`modules` (a snapshot of named_modules) and `targets_and_saved` (what find_targets and
-    resolve_saved_modules return for this config) may be passed in when the caller caches them."""
+@dataclass
+class LoadCheck:
+    """Everything check_load found: typed errors (load raises the first), one line per
+    individual problem (verify prints them), warnings, and the plan when nothing is wrong."""
+
+    problems: list[AdapterError]
+    lines: list[str]
+    warnings: list[str]
+    plan: LoadPlan | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_first(self) -> None:
+        if self.problems:
+            raise self.problems[0]
+
+
+def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, strict_base: bool = False,
+               allow_nonfinite: bool = False, modules=None,
+               targets_for: Callable[[LoraConfig], tuple[list[TargetedModule], list[str]]] | None = None,
+               ) -> LoadCheck:
+    """Run every check of loading `files` onto `model` (whose fingerprint is `base`).
+
+    Raises for a config that cannot be used at all (bad fields, unsupported options, targets
+    that match nothing); returns the rest. `modules` (a snapshot of named_modules) and
+    `targets_for` (find_targets + resolve_saved_modules, cached) may come from the caller."""
+    config = files.config
+    config.validate()  # again: a LoraConfig is mutable, and a caller may have edited it
+    config.check_supported()
     modules = list(walk(model, modules))
-    if targets_and_saved is None:
-        targets_and_saved = (find_targets(model, config, modules), resolve_saved_modules(model, config, modules))
-    targets, saved_modules = targets_and_saved
-    check = check_tensors(model, config, tensors, targets, saved_modules, modules)
-    expected, unexpected, missing = check.expected, check.unexpected, check.missing
-    base_note = _base_note(config, recorded_base)
-    if unexpected or missing:
+    if targets_for is None:
+        targets, saved_modules = find_targets(model, config, modules), resolve_saved_modules(model, config, modules)
+    else:
+        targets, saved_modules = targets_for(config)
+    check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
+    source, config_source = str(files.weights_path), str(files.folder / CONFIG_NAME)
+    problems: list[AdapterError] = []
+    lines: list[str] = []
+    warnings: list[str] = []
+
+    recorded = BaseFingerprint.from_metadata(files.metadata)
+    if recorded is not None and recorded.digest != base.digest:
+        message = (f"{source} was trained on base {recorded.describe()}, but this model is {base.describe()}. "
+                   "Shapes may fit while outputs are wrong: load it onto the base it was trained on.")
+        if strict_base:
+            problems.append(BaseModelMismatchError(message + " (strict_base=True)"))
+            lines.append(f"trained on base {recorded.describe()}, but this base is {base.describe()}")
+        else:
+            warnings.append(message + " Pass strict_base=True to make this an error.")
+
+    base_note = _base_note(config, recorded)
+    if check.unexpected or check.missing:
         parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
-        raise AdapterKeyMismatchError(
+        if check.unexpected:
+            parts.append(f"{len(check.unexpected)} unexpected key(s), e.g. {check.unexpected[:3]}")
+        if check.missing:
+            parts.append(f"{len(check.missing)} missing key(s), e.g. {check.missing[:3]}")
+        problems.append(AdapterKeyMismatchError(
             f"{source} does not fit {type(model).__name__} with its own config: {'; '.join(parts)}. "
             f"The adapter was probably trained on another architecture{base_note}; load it onto that base, "
-            "or check target_modules in adapter_config.json."
-        )
-    mismatched = [
-        f"{slot.module} ({slot.role}{'.' + slot.param if slot.param else ''}): expected {list(shape)}, "
-        f"found {list(tensors[key].shape)}"
-        for key, slot, shape in check.mismatched
-    ]
-    if mismatched:
-        more = f" (and {len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
-        raise AdapterShapeMismatchError(
-            f"{source} has tensors that do not fit this model: {'; '.join(mismatched[:5])}{more}. "
+            "or check target_modules in adapter_config.json."))
+        lines += [f"unexpected key {key}: no module of this base takes it" for key in check.unexpected]
+        lines += [f"missing key {key}" for key in check.missing]
+    if check.mismatched:
+        shapes = [f"{dest.module} ({dest.role}{'.' + dest.param if dest.param else ''}): expected {list(shape)}, "
+                  f"found {list(files.tensors[key].shape)}" for key, dest, shape in check.mismatched]
+        more = f" (and {len(shapes) - 5} more)" if len(shapes) > 5 else ""
+        problems.append(AdapterShapeMismatchError(
+            f"{source} has tensors that do not fit this model: {'; '.join(shapes[:5])}{more}. "
             f"The adapter was trained for another base or rank{base_note}. Load it onto the base it "
-            "was trained on, or fix r / rank_pattern in adapter_config.json."
-        )
+            "was trained on, or fix r / rank_pattern in adapter_config.json."))
+        lines += [f"{dest.module}: {key} has shape {list(files.tensors[key].shape)}, this base needs {list(shape)}"
+                  for key, dest, shape in check.mismatched]
+    problems += check.values.errors(source, config_source)
+    lines += check.values.lines()
+    plan = None if problems else _plan(targets, saved_modules, check.expected, files.tensors)
+    return LoadCheck(problems, lines, warnings, plan)
+
+
+def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
     plan = LoadPlan(targets, saved_modules)
-    for key, (slot, _) in expected.items():
+    for key, (dest, _) in expected.items():
         tensor = tensors[key]
-        if slot.role in ("A", "B"):
-            plan.factors.setdefault(slot.module, {})[slot.role] = tensor
-        elif slot.role == "saved":
-            plan.saved.setdefault(slot.module, {})[slot.param] = tensor
-        elif slot.role == "base_weight":
-            plan.base_weights[slot.module] = tensor
-        elif slot.role == "bias":
-            plan.biases[slot.module] = tensor
+        if dest.role in ("A", "B"):
+            plan.factors.setdefault(dest.module, {})[dest.role] = tensor
+        elif dest.role == "saved":
+            plan.saved.setdefault(dest.module, {})[dest.param] = tensor
+        elif dest.role == "base_weight":
+            plan.base_weights[dest.module] = tensor
+        elif dest.role == "bias":
+            plan.biases[dest.module] = tensor
     return plan
 
 

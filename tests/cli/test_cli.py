@@ -74,8 +74,11 @@ def test_verify_accepts_its_base_and_lists_every_mismatch_on_another(trained_ada
         (other / name).write_bytes((base_dir / name).read_bytes())
     bad = run_cli("verify", str(folder), "--base", str(other))
     assert bad.returncode == 1
-    assert "4 problem(s)" in bad.stdout.replace("\n", " ") or bad.stdout.count("mismatch") >= 4, bad.stdout
-    assert "q_proj" in bad.stdout and "v_proj" in bad.stdout
+    # Every mismatch on stdout (2 layers x q, v x A, B, plus the other base), one line on stderr.
+    shapes = [line for line in bad.stdout.splitlines() if line.startswith("problem:") and "this base needs" in line]
+    assert len(shapes) == 8 and any("q_proj" in x for x in shapes) and any("v_proj" in x for x in shapes), bad.stdout
+    assert "trained on base" in bad.stdout
+    assert bad.stderr.count("\n") == 1 and "9 problem(s)" in bad.stderr, bad.stderr
 
 
 def test_merge_writes_a_model_transformers_loads_alone(trained_adapter, base_dir, tmp_path):

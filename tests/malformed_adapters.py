@@ -181,13 +181,12 @@ def header(w: Writer, rng: random.Random) -> None:
         w.add("header", f"{name.split('model.model.')[-1]}: {label}", expect, weights=_join_safetensors(new, body))
 
     for name in rng.sample(names, 4):
-        entry = head[name]
-        start, end = entry["data_offsets"]
-        edited(name, "offsets reversed", lambda e: e.update(data_offsets=[end, start]))
-        edited(name, "offsets past the end", lambda e: e.update(data_offsets=[start, len(body) + 64]))
-        edited(name, "offsets shifted by 4", lambda e: e.update(data_offsets=[start + 4, end + 4]))
-        edited(name, "offsets overlap the previous tensor", lambda e: e.update(data_offsets=[max(0, start - 8), end - 8]))
-        edited(name, "offsets are strings", lambda e: e.update(data_offsets=[str(start), str(end)]))
+        start, end = head[name]["data_offsets"]
+        for label, offsets in (("offsets reversed", [end, start]), ("offsets past the end", [start, len(body) + 64]),
+                               ("offsets shifted by 4", [start + 4, end + 4]),
+                               ("offsets overlap the previous tensor", [max(0, start - 8), end - 8]),
+                               ("offsets are strings", [str(start), str(end)])):
+            edited(name, label, lambda e, o=offsets: e.update(data_offsets=o))
         edited(name, "offsets missing", lambda e: e.pop("data_offsets"))
         edited(name, "shape with a negative size", lambda e: e.update(shape=[-1, *e["shape"][1:]]))
         edited(name, "shape of 2**40 x 2**40", lambda e: e.update(shape=[1 << 40, 1 << 40]))

@@ -64,7 +64,7 @@ class UnknownAdapterError(AdapterError, ValueError, KeyError):
     """No adapter of that name is loaded."""
 
     # KeyError's str() wraps the message in quotes; keep it readable.
-    __str__ = ValueError.__str__  # type: ignore[assignment]
+    __str__ = ValueError.__str__
 
 
 class AdapterStateError(AdapterError, ValueError):

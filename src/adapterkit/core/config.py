@@ -90,8 +90,9 @@ class LoraConfig:
             self.layers_to_transform = [self.layers_to_transform]
         if hasattr(self.peft_type, "value"):  # a PEFT enum handed over by ported code
             self.peft_type = self.peft_type.value
-        if hasattr(self.task_type, "value"):
-            self.task_type = self.task_type.value
+        task_value = getattr(self.task_type, "value", None)
+        if task_value is not None:
+            self.task_type = task_value
         self.validate()
 
     # --- checks -------------------------------------------------------------

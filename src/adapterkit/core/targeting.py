@@ -102,6 +102,7 @@ def find_targets(model: nn.Module, config: LoraConfig,
         kind = module_kind(module)
         if not name or kind is None or name in inside_saved:
             continue
+        entry: str | None
         if target == ALL_LINEAR:
             if kind == "embedding" or name in head_names:
                 continue
@@ -128,8 +129,9 @@ def _remover(config: LoraConfig, name: str, saved: list[str]) -> str | None:
         return "exclude_modules"
     if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
         return "modules_to_save"
-    if config.layers_to_transform is not None and not isinstance(config.target_modules, str):
-        if _layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+    layers = config.layers_to_transform
+    if layers is not None and not isinstance(config.target_modules, str):
+        if _layer_index(name, config.layers_pattern) not in ([layers] if isinstance(layers, int) else layers):
             return "layers_to_transform"
     return None
 

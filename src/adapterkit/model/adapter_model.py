@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -132,7 +133,7 @@ class AdapterModel(nn.Module):
         else:
             rows = None
         with self._rows(adapter_names, args, kwargs, rows=rows):
-            return self.model.generate(*args, **kwargs)
+            return cast(Any, self.model).generate(*args, **kwargs)
 
     def _rows(self, adapter_names, args, kwargs, rows: int | None = None):
         if adapter_names is None:
@@ -164,12 +165,12 @@ class AdapterModel(nn.Module):
     def add_adapter(self, adapter_name: str, peft_config: LoraConfig, trainable: bool = True,
                     _activate: bool | None = None) -> None:
         """Attach a new adapter, initialised as `peft_config.init_lora_weights` says."""
+        _check_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterExistsError(
                 f"An adapter named {adapter_name!r} is already loaded. Pick another name, or "
                 f"delete_adapter({adapter_name!r}) first."
             )
-        _check_name(adapter_name)
         peft_config.validate()  # a LoraConfig is mutable: fields may have changed since it was made
         peft_config.check_supported()
         bad_scales = check_values(peft_config, {}).errors("", "LoraConfig")  # a NaN alpha poisons every output
@@ -365,12 +366,16 @@ class AdapterModel(nn.Module):
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
         # The LoRA factors were written by _install; here the rest of the adapter.
+        module: Any  # a ModulesToSave, or a module with a bias / weight
         for path, params in plan.saved.items():
-            self.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
+            module = self.model.get_submodule(path)
+            module.modules_to_save[adapter_name].load_state_dict(params)
         for path, bias in plan.biases.items():
-            self.model.get_submodule(path).bias.copy_(bias)
+            module = self.model.get_submodule(path)
+            module.bias.copy_(bias)
         for path, weight in plan.base_weights.items():
-            current = self.model.get_submodule(path).weight
+            module = self.model.get_submodule(path)
+            current = module.weight
             if not torch.equal(current, weight.to(current.dtype)):
                 warnings.warn(
                     f"The adapter file carries a full weight for {path} (PEFT's save_embedding_layers) that "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
     existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
-        weight = target.module.weight
+        weight = cast(torch.Tensor, target.module.weight)
         if target.kind == "linear":
             in_f, out_f = weight.shape[1], weight.shape[0]
         else:
@@ -188,7 +189,8 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
     for target in targets:
         key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
         if key in tensors:
-            optional[key] = (keys.TensorDestination("base_weight", target.name), tuple(target.module.weight.shape))
+            shape = tuple(cast(torch.Tensor, target.module.weight).shape)
+            optional[key] = (keys.TensorDestination("base_weight", target.name), shape)
     # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
     # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
     # (the head the adapter replaces): accepted, and not used.

@@ -74,6 +74,8 @@ class Variant:
     adapter_name: Any = "new"
     load_kwargs: dict = field(default_factory=dict)
     cli_flags: list[str] = field(default_factory=list)
+    # Whether `inspect` (no model) can see the problem; None: decided by the class of load's error.
+    inspect_sees: bool | None = None
 
 
 # --- the pristine adapter ------------------------------------------------------------
@@ -245,6 +247,11 @@ def value(w: Writer, rng: random.Random) -> None:
         w.add("value", f"alpha_pattern value {bad}", "refuse", config=text)
     tensors = {k: v * 1e30 for k, v in w.p.tensors.items()}  # huge but finite: the adapter's own business
     w.add("value", "every value times 1e30", "load", tensors=tensors)
+    for name in (names[0], names[-1]):  # finite in float64, inf in the model's float32
+        tensors = dict(w.p.tensors)
+        tensors[name] = tensors[name].double() * 1e300
+        w.add("value", f"{name.split('model.model.')[-1]} times 1e300 in float64", "refuse", tensors=tensors,
+              inspect_sees=False)  # too large for the model's dtype: only a model knows its dtype
 
 
 # Per field, the JSON types PEFT's schema allows (an independent statement of the contract):
@@ -525,8 +532,9 @@ class Judge:
         folder = str(variant.folder)
         code, _, err = run_cli(["verify", folder, "--base", str(self.base_dir), *variant.cli_flags])
         _judge_cli(variant, figures, "verify", code, err, should_fail=error is not None)
-        inspect_should_fail = isinstance(error, MODEL_FREE_ERRORS) or (
-            isinstance(error, AdapterConfigError) and not isinstance(error, UnsupportedAdapterError))
+        inspect_should_fail = variant.inspect_sees if variant.inspect_sees is not None else (
+            isinstance(error, MODEL_FREE_ERRORS)
+            or (isinstance(error, AdapterConfigError) and not isinstance(error, UnsupportedAdapterError)))
         code, _, err = run_cli(["inspect", folder, "--json", *variant.cli_flags])
         _judge_cli(variant, figures, "inspect", code, err, should_fail=inspect_should_fail)
 

@@ -405,3 +405,19 @@ def test_unusable_adapter_names_are_typed_errors(saved, name):
             attempt()
         assert isinstance(info.value, (AdapterError, ValueError)) and "Pick another name" in str(info.value)
     assert_same_state(before, state_of(model))
+
+
+def test_values_that_overflow_the_models_dtype_are_refused_unless_allowed(saved, tmp_path):
+    """Finite in the file, inf once copied into a float16 model: as poisonous as a NaN."""
+    from adapterkit import NonFiniteAdapterError
+
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_tensors=lambda t: t.update(
+        {k: v * 1e6 for k, v in t.items() if k.endswith("layers.1.self_attn.q_proj.lora_B.weight")}))
+    AdapterModel.from_pretrained(tiny_llama(), bad, adapter_name="fine-in-float32")
+    half = tiny_llama().half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a float16 copy fingerprints like its float32 base, or not: not the point
+        with pytest.raises(NonFiniteAdapterError, match="float16"):
+            AdapterModel.from_pretrained(half, bad)
+        AdapterModel.from_pretrained(tiny_llama().half(), bad, allow_nonfinite=True)

@@ -153,12 +153,16 @@ class ValueCheck:
     wrong_dtype: list[tuple[str, torch.dtype]] = field(default_factory=list)  # key, dtype
     nonfinite: list[str] = field(default_factory=list)  # keys of tensors holding NaN or inf
     nonfinite_scales: list[str] = field(default_factory=list)  # e.g. "lora_alpha=nan"
+    # Finite in the file, inf once cast to the model's dtype (1e300 in float64, 1e5 for float16).
+    overflows: list[tuple[str, torch.dtype]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return ([f"{key} has dtype {str(dtype).removeprefix('torch.')}; adapter tensors must be floating point"
                  for key, dtype in self.wrong_dtype]
                 + [f"{key} holds NaN or inf" for key in self.nonfinite]
-                + [f"{scale} is not a finite number" for scale in self.nonfinite_scales])
+                + [f"{scale} is not a finite number" for scale in self.nonfinite_scales]
+                + [f"{key} overflows {str(dtype).removeprefix('torch.')}, the model's dtype: its values would become inf"
+                   for key, dtype in self.overflows])
 
     def errors(self, source: str, config_source: str) -> list[AdapterError]:
         out: list[AdapterError] = []
@@ -178,6 +182,12 @@ class ValueCheck:
                 f"{source} holds NaN or inf in {len(self.nonfinite)} tensor(s), e.g. {self.nonfinite[:3]}; "
                 "loading it would poison every output. The adapter is broken (diverged training?): retrain "
                 "it, or pass allow_nonfinite=True (CLI: --allow-nonfinite) to load it anyway."))
+        if self.overflows:
+            key, dtype = self.overflows[0]
+            out.append(NonFiniteAdapterError(
+                f"{source} holds values too large for {str(dtype).removeprefix('torch.')}, this model's dtype, in "
+                f"{len(self.overflows)} tensor(s), e.g. {key}: they would load as inf and poison every output. "
+                "Load the base in a wider dtype, or pass allow_nonfinite=True (CLI: --allow-nonfinite)."))
         return out
 
 
@@ -235,7 +245,31 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
     missing = sorted(set(expected) - set(tensors))
     mismatched = [(key, dest, shape) for key, (dest, shape) in expected.items()
                   if key in tensors and tuple(tensors[key].shape) != shape]
-    return TensorCheck(expected, unexpected, missing, mismatched, check_values(config, tensors, allow_nonfinite))
+    values = check_values(config, tensors, allow_nonfinite)
+    if not allow_nonfinite:
+        values.overflows = _overflows(model, expected, tensors, {t.name: t for t in targets}, set(values.nonfinite))
+    return TensorCheck(expected, unexpected, missing, mismatched, values)
+
+
+def _overflows(model, expected, tensors, targets_by_name, skip: set[str]) -> list[tuple[str, torch.dtype]]:
+    """Tensors finite in the file whose values exceed the range of the dtype they are copied into."""
+    out = []
+    for key, (dest, _) in expected.items():
+        tensor = tensors.get(key)
+        if tensor is None or key in skip or not tensor.is_floating_point():
+            continue
+        if dest.role in ("A", "B", "base_weight"):
+            into = targets_by_name[dest.module].module.weight.dtype
+        elif dest.role == "saved":
+            into = _original(model, dest.module).state_dict()[dest.param].dtype
+        elif dest.role == "bias":
+            into = model.get_submodule(dest.module).bias.dtype
+        else:
+            continue
+        limit = torch.finfo(into).max
+        if torch.finfo(tensor.dtype).max > limit and tensor.numel() and tensor.abs().max().item() > limit:
+            out.append((key, into))
+    return out
 
 
 @dataclass

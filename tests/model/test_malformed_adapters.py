@@ -36,10 +36,7 @@ def test_every_malformed_folder_is_refused_typed_and_atomically_or_loaded_correc
 
 @pytest.mark.parametrize("family, label", [
     ("config-type", "rank_pattern = [1, 2]"),
-    ("config-type", "target_modules = \"(\""),
     ("dtype", "as torch.int8"),
-    ("value", "holds nan"),
-    ("file-system", "weights is a directory"),
 ])
 def test_the_real_command_prints_one_line_and_fails(corpus, family, label):
     """A handful of variants through real subprocesses (the real load_base, the real stderr)."""

@@ -37,9 +37,10 @@ from adapterkit.errors import (
 )
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
-from adapterkit.model.loading import LoadPlan, check_load, check_values, resolve_saved_modules
+from adapterkit.model.loading import LoadPlan, check_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
+from adapterkit.model.values import check_values
 
 
 class ActiveAdapters(list):

@@ -17,7 +17,7 @@ from adapterkit.io.folder import (
     find_weights,
     read_adapter_folder,
 )
-from adapterkit.model.loading import check_values
+from adapterkit.model.values import check_values
 
 
 @dataclass

@@ -260,3 +260,27 @@ def test_a_name_that_is_not_a_file_is_a_typed_error_naming_it(tmp_path, name, ki
     with pytest.raises(AdapterFileUnreadableError) as info:
         read_adapter_folder(tmp_path / "out")
     assert name in str(info.value) and "not a file" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_file_that_cannot_be_opened_is_a_typed_error_naming_it(tmp_path, monkeypatch, name):
+    """Mode 000 where that denies reading; as root (which reads anything) the denial is injected."""
+    import adapterkit.core.config as config_module
+    from adapterkit import AdapterFileUnreadableError
+
+    two_adapter_model().save_pretrained(tmp_path / "out")
+    path = tmp_path / "out" / name
+    os.chmod(path, 0)
+    if os.geteuid() == 0:
+        real_open = open
+
+        def denying_open(file, *args, **kwargs):
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(folder_io, "open", denying_open, raising=False)
+        monkeypatch.setattr(config_module, "open", denying_open, raising=False)
+    with pytest.raises(AdapterFileUnreadableError) as info:
+        read_adapter_folder(tmp_path / "out")
+    assert name in str(info.value) and "Permission denied" in str(info.value)

@@ -90,3 +90,16 @@ class AdapterDtypeError(AdapterError, ValueError):
 
 class NonFiniteAdapterError(AdapterError, ValueError):
     """A tensor or a scale (lora_alpha, alpha_pattern) holds NaN or inf; `allow_nonfinite=True` accepts it."""
+
+
+# --- variants: weighted combinations, hotswap, init variants ------------------
+class AdapterCombinationError(AdapterError, ValueError):
+    """add_weighted_adapter was given adapters, weights or options it cannot combine."""
+
+
+class HotswapError(AdapterError, ValueError):
+    """A folder cannot replace a loaded adapter's weights in place (nothing was changed)."""
+
+
+class WeightConversionError(AdapterError, ValueError):
+    """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""

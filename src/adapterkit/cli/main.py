@@ -23,6 +23,8 @@ COMMANDS = {
               "adapterkit.cli.adapter_commands", "add_merge", "run_merge"),
     "convert": ("convert a legacy adapter_model.bin to safetensors",
                 "adapterkit.cli.adapter_commands", "add_convert", "run_convert"),
+    "combine": ("combine adapters by weight (linear, cat, svd, ties, dare, ...) into one adapter folder",
+                "adapterkit.cli.combine_command", "add_combine", "run_combine"),
 }
 
 

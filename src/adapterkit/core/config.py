@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapterkit.core.config_checks import RANK_ALPHA_KEY_REGEX, check_fields, config_error
+from adapterkit.core.config_checks import is_base_init as is_base_init  # re-exported: callers import it from here
 from adapterkit.core.config_json import read_json_object
 from adapterkit.errors import AdapterConfigError, AdapterFileUnreadableError, UnsupportedAdapterError
 

@@ -65,6 +65,14 @@ def config_error(field: str, value: Any, expected: str) -> AdapterConfigError:
     return AdapterConfigError(f"field {field} is {shown(value)}; expected {expected}.")
 
 
+_PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
+
+
+def is_base_init(init: object) -> bool:
+    """Does this init_lora_weights value read (and change) the base weight? (PiSSA, OLoRA: core.init)"""
+    return isinstance(init, str) and (init in ("pissa", "olora") or _PISSA_NITER.fullmatch(init) is not None)
+
+
 # --- predicates -------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -177,9 +185,10 @@ def _bias(value: Any) -> str | None:
 
 
 def _init(value: Any) -> str | None:
-    if isinstance(value, (bool, str)) and value in INIT_CHOICES:
+    if isinstance(value, (bool, str)) and (value in INIT_CHOICES or is_base_init(value)):
         return None
-    return "true (B = 0), false (random B) or 'gaussian'; PEFT's other initialisations are not supported"
+    return ("true (B = 0), false (random B), 'gaussian', 'pissa', 'pissa_niter_N' (N >= 1) or 'olora'; "
+            "PEFT's other initialisations are not supported")
 
 
 def _optional_list(value: Any) -> str | None:

@@ -25,7 +25,7 @@ NEAR_MISSES = {
     "rank_pattern": [[1], {"q_proj": "4"}, {"q_proj": 0}, {"(": 4}, {"q_proj": 2.0}],
     "alpha_pattern": [[1], {"q_proj": "x"}, {"q_proj": None}, {"[": 4}],
     "bias": ["some", None, 1],
-    "init_lora_weights": ["pissa", 1, None],
+    "init_lora_weights": ["loftq", "pissa_niter_0", 1, None],
     "use_rslora": ["true", 1, None],
     "task_type": [["CAUSAL_LM"], 3],
     "peft_type": [None, 3],

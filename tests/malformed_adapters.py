@@ -50,7 +50,6 @@ from adapterkit.errors import (
     AdapterWeightsNotFoundError,
     CorruptAdapterFileError,
     NonFiniteAdapterError,
-    UnsupportedAdapterError,
 )
 from helpers import randomize_adapter, save_tiny_base
 
@@ -59,9 +58,10 @@ WEIGHTS = "adapter_model.safetensors"
 GOOD = "good"  # the adapter already loaded in the judged model; a half-load would show next to it
 
 # Errors visible without a model: `inspect` must fail on them too. (Targets, keys, shapes and the
-# base need a model, and an unsupported option is still worth describing: inspect shows those.)
+# base need a model: inspect describes such folders.)
 MODEL_FREE_ERRORS = (AdapterFolderNotFoundError, AdapterConfigNotFoundError, AdapterWeightsNotFoundError,
-                     AdapterFileUnreadableError, CorruptAdapterFileError, AdapterDtypeError, NonFiniteAdapterError)
+                     AdapterFileUnreadableError, CorruptAdapterFileError, AdapterDtypeError, NonFiniteAdapterError,
+                     AdapterConfigError)
 
 
 @dataclass
@@ -531,8 +531,7 @@ class Judge:
         code, _, err = run_cli(["verify", folder, "--base", str(self.base_dir), *variant.cli_flags])
         _judge_cli(variant, figures, "verify", code, err, should_fail=error is not None)
         inspect_should_fail = variant.inspect_sees if variant.inspect_sees is not None else (
-            isinstance(error, MODEL_FREE_ERRORS)
-            or (isinstance(error, AdapterConfigError) and not isinstance(error, UnsupportedAdapterError)))
+            isinstance(error, MODEL_FREE_ERRORS))
         code, _, err = run_cli(["inspect", folder, "--json", *variant.cli_flags])
         _judge_cli(variant, figures, "inspect", code, err, should_fail=inspect_should_fail)
 

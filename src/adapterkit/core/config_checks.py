@@ -13,7 +13,7 @@ import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapterkit.errors import AdapterConfigError
+from adapterkit.errors import AdapterConfigError, UnsupportedAdapterError
 
 # A rank beyond this is a typo or an attack, not an adapter (vLLM serves up to 512).
 MAX_RANK = 1 << 16
@@ -61,8 +61,9 @@ def shown(value: Any) -> str:
     return f"{text} ({kind})"
 
 
-def config_error(field: str, value: Any, expected: str) -> AdapterConfigError:
-    return AdapterConfigError(f"field {field} is {shown(value)}; expected {expected}.")
+def config_error(field: str, value: Any, expected: str,
+                 kind: type[AdapterConfigError] = AdapterConfigError) -> AdapterConfigError:
+    return kind(f"field {field} is {shown(value)}; expected {expected}.")
 
 
 _PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
@@ -231,4 +232,6 @@ def check_fields(values: Mapping[str, Any]) -> None:
         if field in values:
             problem = rule(values[field])
             if problem:
-                raise config_error(field, values[field], problem)
+                # An init PEFT has and adapterkit lacks is "unsupported", as before these checks existed.
+                kind = UnsupportedAdapterError if field == "init_lora_weights" else AdapterConfigError
+                raise config_error(field, values[field], problem, kind)

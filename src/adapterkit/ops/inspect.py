@@ -1,6 +1,6 @@
 """Describe an adapter folder without loading any model.
 
-What can be checked without a model is checked (config fields, file format, tensor dtypes,
+What can be checked without a model is checked (config fields, unsupported options, file format, tensor dtypes,
 finite values and scales), by the same functions load_adapter uses; what needs a model
 (keys, shapes, the base) is `adapterkit verify`'s job."""
 
@@ -59,6 +59,7 @@ def inspect_adapter(folder: str | Path, include_subfolders: bool = True,
                     allow_nonfinite: bool = False) -> AdapterFolderSummary:
     files = read_adapter_folder(folder)
     config = files.config
+    config.check_supported()  # an adapter adapterkit cannot load is an error here too, not a description
     problems = check_values(config, files.tensors, allow_nonfinite).errors(
         str(files.weights_path), str(Path(folder) / CONFIG_NAME))
     if problems:

@@ -103,3 +103,8 @@ class HotswapError(AdapterError, ValueError):
 
 class WeightConversionError(AdapterError, ValueError):
     """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""
+
+
+# --- core runtime (row ids, packs, routing) ----------------------------------
+class AdapterCapacityError(AdapterError, ValueError):
+    """A number of adapter slots that cannot be reserved (negative, or not an integer)."""

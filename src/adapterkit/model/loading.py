@@ -216,7 +216,7 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
     warnings: list[str] = []
 
     recorded = BaseFingerprint.from_metadata(files.metadata)
-    if recorded is not None and recorded.digest != base.digest:
+    if recorded is not None and not base.matches(recorded):
         message = (f"{source} was trained on base {recorded.describe()}, but this model is {base.describe()}. "
                    "Shapes may fit while outputs are wrong: load it onto the base it was trained on.")
         if strict_base:

@@ -105,6 +105,18 @@ class WeightConversionError(AdapterError, ValueError):
     """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""
 
 
+# --- command line: generate, chat, eval, threads (cli) ------------------------
+class AdapterSourceError(AdapterError, ValueError):
+    """A --adapter value is neither an adapter folder nor a store ref (name, name@3, name@tag)."""
+
+
+class SettingOutOfRangeError(AdapterError, ValueError):
+    """A setting such as max tokens, temperature or the thread count is out of range."""
 # --- core runtime (row ids, packs, routing) ----------------------------------
 class AdapterCapacityError(AdapterError, ValueError):
     """A number of adapter slots that cannot be reserved (negative, or not an integer)."""
+
+
+# --- variants2: quantized bases, module kinds ----------------------------------
+class QuantizedMergeError(AdapterStateError):
+    """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""

@@ -20,24 +20,15 @@ from torch import nn
 from adapterkit.core.config import LoraConfig
 from adapterkit.core.config_checks import LAYERS_PATTERN_REGEX
 from adapterkit.core.injection import ModulesToSave, walk
+from adapterkit.core.kinds import EMBEDDING, ModuleKind, kind_of
 from adapterkit.errors import TargetModulesError
 
 ALL_LINEAR = "all-linear"
 
 
-def module_kind(module: nn.Module) -> str | None:
-    """'linear', 'conv1d' or 'embedding' for modules LoRA can adapt, else None.
-
-    transformers' Conv1D (GPT-2) is recognised by name and shape attributes so
-    that this module never imports transformers.
-    """
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight"):
-        return "conv1d"
-    return None
+def module_kind(module: nn.Module) -> ModuleKind | None:
+    """The kind of a module LoRA can adapt (core.kinds), else None."""
+    return kind_of(module)
 
 
 def _matches_name(pattern: list[str] | str, name: str) -> str | None:
@@ -75,7 +66,7 @@ def _output_head_names(model: nn.Module, modules) -> set[str]:
 class TargetedModule:
     name: str
     module: nn.Module
-    kind: str
+    kind: ModuleKind
 
 
 def find_targets(model: nn.Module, config: LoraConfig,
@@ -104,7 +95,7 @@ def find_targets(model: nn.Module, config: LoraConfig,
             continue
         entry: str | None
         if target == ALL_LINEAR:
-            if kind == "embedding" or name in head_names:
+            if kind is EMBEDDING or name in head_names:
                 continue
             entry = ALL_LINEAR
         else:

@@ -19,6 +19,7 @@ from torch import nn
 
 from adapterkit.core.config import CONFIG_NAME, TASK_HEADS, LoraConfig
 from adapterkit.core.injection import ModulesToSave, lora_modules, walk
+from adapterkit.core.layer import adapter_tensor_shapes
 from adapterkit.core.targeting import TargetedModule, find_targets
 from adapterkit.errors import (
     AdapterError,
@@ -26,6 +27,7 @@ from adapterkit.errors import (
     AdapterShapeMismatchError,
     BaseModelMismatchError,
     TargetModulesError,
+    UnsupportedAdapterError,
 )
 from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
@@ -37,7 +39,7 @@ from adapterkit.model.values import ValueCheck, check_values
 class LoadPlan:
     targets: list[TargetedModule]
     saved_modules: list[str]
-    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"}
+    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"(,"M")}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
     base_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> full weight
@@ -81,13 +83,8 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
     existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
-        weight = cast(torch.Tensor, target.module.weight)
-        if target.kind == "linear":
-            in_f, out_f = weight.shape[1], weight.shape[0]
-        else:
-            in_f, out_f = weight.shape[0], weight.shape[1]
-        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.TensorDestination("A", target.name), (rank, in_f))
-        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.TensorDestination("B", target.name), (out_f, rank))
+        for role, shape in adapter_tensor_shapes(target.kind, target.module, rank, config.use_dora).items():
+            expected[keys.factor_key(target.name, target.kind.name, role)] = (keys.TensorDestination(role, target.name), shape)
     for path in saved_modules:
         for param, tensor in _original(model, path).state_dict().items():
             expected[keys.saved_key(path, param)] = (keys.TensorDestination("saved", path, param), tuple(tensor.shape))
@@ -159,13 +156,15 @@ def _overflows(model, expected, tensors, targets_by_name, skip: set[str]) -> lis
         tensor = tensors.get(key)
         if tensor is None or key in skip or not tensor.is_floating_point():
             continue
-        if dest.role in ("A", "B", "base_weight"):
+        if dest.role in ("A", "B", "M", "base_weight"):
             into = targets_by_name[dest.module].module.weight.dtype
         elif dest.role == "saved":
             into = _original(model, dest.module).state_dict()[dest.param].dtype
         elif dest.role == "bias":
             into = model.get_submodule(dest.module).bias.dtype
         else:
+            continue
+        if not into.is_floating_point:  # a quantized base: the adapter runs in its compute dtype
             continue
         limit = torch.finfo(into).max
         if torch.finfo(tensor.dtype).max > limit and tensor.numel() and tensor.abs().max().item() > limit:
@@ -209,6 +208,7 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
         targets, saved_modules = find_targets(model, config, modules), resolve_saved_modules(model, config, modules)
     else:
         targets, saved_modules = targets_for(config)
+    check_dora_targets(config, targets)
     check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
     source, config_source = str(files.weights_path), str(files.folder / CONFIG_NAME)
     problems: list[AdapterError] = []
@@ -216,7 +216,11 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
     warnings: list[str] = []
 
     recorded = BaseFingerprint.from_metadata(files.metadata)
-    if recorded is not None and not base.matches(recorded):
+    if recorded is not None and base.same_base_other_quantization(recorded):
+        warnings.append(f"{source} was trained on {recorded.describe()}; this model is {base.describe()}: the same "
+                        "base, quantized differently. The adapter fits; outputs differ from the training base's "
+                        "by the quantization error only.")
+    elif recorded is not None and not base.matches(recorded):
         message = (f"{source} was trained on base {recorded.describe()}, but this model is {base.describe()}. "
                    "Shapes may fit while outputs are wrong: load it onto the base it was trained on.")
         if strict_base:
@@ -258,7 +262,7 @@ def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
     plan = LoadPlan(targets, saved_modules)
     for key, (dest, _) in expected.items():
         tensor = tensors[key]
-        if dest.role in ("A", "B"):
+        if dest.role in ("A", "B", "M"):
             plan.factors.setdefault(dest.module, {})[dest.role] = tensor
         elif dest.role == "saved":
             plan.saved.setdefault(dest.module, {})[dest.param] = tensor
@@ -267,6 +271,17 @@ def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
         elif dest.role == "bias":
             plan.biases[dest.module] = tensor
     return plan
+
+
+def check_dora_targets(config: LoraConfig, targets: list[TargetedModule]) -> None:
+    """use_dora=True on modules DoRA is implemented for (Linear, Conv1D, quantized Linear)."""
+    if not config.use_dora:
+        return
+    unsupported = [t.name for t in targets if t.kind.indexed]
+    if unsupported:
+        raise UnsupportedAdapterError(
+            f"use_dora=True targets embedding layer(s) {unsupported[:3]}, where adapterkit does not implement "
+            "DoRA yet. Exclude them (exclude_modules) or set use_dora=False.")
 
 
 def _base_note(config: LoraConfig, recorded: BaseFingerprint | None) -> str:

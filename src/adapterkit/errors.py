@@ -73,3 +73,12 @@ class AdapterStateError(AdapterError, ValueError):
 
 class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
+
+
+# --- distributed training and vLLM deployment (scale) ------------------------
+class DistributedTrainingError(AdapterError, ValueError):
+    """A multi-process training run is set up wrongly (batch too small, ranks disagree, a failed write)."""
+
+
+class VllmIncompatibleError(AdapterError, ValueError):
+    """An adapter folder cannot be served by vLLM, and no lossless conversion makes it servable."""

@@ -87,7 +87,7 @@ def _train_in_group(args, group) -> int:
 
         check_adapter_whole(model)
         group.assert_replicas_identical(adapter_parameters(model))
-    group.write_on_writer(lambda: model.save_pretrained(output))
+    group.write_on_writer(model.save_pretrained, output)
     if not group.is_writer:
         if held_out:  # a sharded base needs every rank in each forward; only rank 0 prints
             exact_match(model, tokenizer, held_out)

@@ -168,12 +168,12 @@ class ReplicaGroup:
                 f"the ranks must start from the same adapter (same --seed) and apply the same updates"
             )
 
-    def write_on_writer(self, write: Callable[[], T]) -> T | None:
-        """Run `write` on rank 0; every rank returns once it finished, and raises if it failed."""
+    def write_on_writer(self, write: Callable[..., T], *args) -> T | None:
+        """Run `write(*args)` on rank 0; every rank returns once it finished, and raises if it failed."""
         result, error = None, None
         if self.is_writer:
             try:
-                result = write()
+                result = write(*args)
             except Exception as exc:  # re-raised below, after telling the other ranks
                 error = exc
         failed = self.sum([1.0 if error is not None else 0.0])[0]  # also the barrier

@@ -68,7 +68,8 @@ def shard_base(model: nn.Module, group: ReplicaGroup) -> None:
         raise DistributedTrainingError(
             "--shard-base needs several processes; launch with --nproc N (N > 1) or torchrun"
         )
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)  # an AdapterModel: shard the model it wraps
+    base = get_base_model() if get_base_model is not None else model
     ignored = set(adapter_parameters(model))
     mesh = init_device_mesh(group.device.type, (group.world_size,))
     for block in transformer_blocks(base):

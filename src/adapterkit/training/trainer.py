@@ -130,7 +130,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
                 state = _snapshot(done, result.losses, config, params, optimizer, scheduler)
                 group.assert_replicas_identical(list(params.values()))
                 target = checkpoint_dir(config.output_dir, done)
-                group.write_on_writer(lambda: save_checkpoint(model, target, state))
+                group.write_on_writer(save_checkpoint, model, target, state)
                 result.last_checkpoint = target
     finally:
         bar.close()

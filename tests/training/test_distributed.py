@@ -1,0 +1,186 @@
+"""Multi-process training in real processes on CPU (gloo), through the real launchers.
+
+One module-scoped set of runs (each launch costs ~10-20 s of process start-up on a
+small machine), then the checks:
+  single   `adapterkit train` in this process, 6 steps, checkpoints every 2
+  ddp      `adapterkit train --nproc 2` (torch.distributed.run), same arguments
+  resume21 ddp's checkpoint-000002 resumed by 1 process
+  fsdp12   single's checkpoint-000002 resumed by `torchrun --nproc-per-node 2 -m adapterkit.training
+           ... --shard-base`: 2 processes, base sharded with FSDP2, steps 3-6
+The global batch (3 examples x 2 micro-batches) splits 2 + 1 across the ranks, so
+the global token weighting of uneven shares is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapterkit.cli.main import main
+from adapterkit.errors import DistributedTrainingError
+from adapterkit.training.checkpoint import load_checkpoint_state
+from adapterkit.training.distributed import ReplicaGroup
+from helpers import VOCAB, tiny_llama
+
+VENV_BIN = Path(sys.executable).parent
+SRC = Path(__file__).resolve().parents[2] / "src"
+# Measured on this machine: max relative difference 2.8e-7 (adapter) and ~1e-7 (losses);
+# the bound leaves room for other thread counts and CPUs, not for a wrong gradient
+# (a mean instead of a sum, or a rank's share counted twice, is off by > 1e-2).
+PARITY_RTOL = 1e-5
+TRAIN_ARGS = ["--targets", "q_proj,v_proj", "--r", "4", "--alpha", "8", "--steps", "6", "--batch-size", "3",
+              "--grad-accum", "2", "--lr", "0.05", "--seed", "3", "--checkpoint-every", "2"]
+
+
+def write_tiny_chat_base(folder: Path) -> None:
+    """A tiny Llama with a word-level tokenizer and a chat template, saved as a transformers folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"] + [f"w{i}" for i in range(VOCAB - 5)]
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = ("{% for m in messages %}{{ '<' + m['role'] + '> ' + m['content'] + ' <eos> ' }}{% endfor %}"
+                               "{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}")
+    model = tiny_llama(seed=0)
+    model.config.pad_token_id, model.config.eos_token_id = 0, 1
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("RANK", None)
+    return env
+
+
+def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, cwd=cwd, env=worker_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{argv[:4]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    write_tiny_chat_base(root / "base")
+    rows = [{"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2} w{(i * 7) % 50}"} for i in range(20)]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--base", str(root / "base"), "--data", str(root / "train.jsonl"), *TRAIN_ARGS]
+    adapterkit = [str(VENV_BIN / "adapterkit"), "train", *common]
+
+    assert main(["train", *common, "--output", str(root / "single")]) == 0
+    ddp = run_command([*adapterkit, "--nproc", "2", "--output", str(root / "ddp")], root)
+
+    # Resume 2 -> 1: the two-process run's step-2 checkpoint, continued by one process.
+    seed_checkpoint(root / "ddp-checkpoints", root / "resume21-checkpoints", step=2)
+    assert main(["train", *common, "--resume", "--output", str(root / "resume21")]) == 0
+    # Resume 1 -> 2: the single run's step-2 checkpoint, continued by two processes launched by
+    # torchrun itself, with the base sharded by FSDP2.
+    seed_checkpoint(root / "single-checkpoints", root / "fsdp12-checkpoints", step=2)
+    run_command([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "adapterkit.training",
+                 "--", *common, "--shard-base", "--resume", "--output", str(root / "fsdp12")], root)
+    return root, ddp
+
+
+def seed_checkpoint(source: Path, target: Path, step: int) -> None:
+    """A run directory as a crash after `step` leaves it: that checkpoint and nothing later."""
+    target.mkdir()
+    name = f"checkpoint-{step:06d}"
+    shutil.copytree(source / name, target / name)
+    shutil.copy(source / f"{name}.trainer_state.pt", target / f"{name}.trainer_state.pt")
+
+
+def adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def losses(run: Path) -> list[float]:
+    return load_checkpoint_state(Path(f"{run}-checkpoints") / "checkpoint-000006")["losses"]
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys() and a
+    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
+
+
+def test_two_processes_equal_one(runs):
+    root, ddp = runs
+    single, two = adapter(root / "single"), adapter(root / "ddp")
+    assert all(t.dtype == torch.float32 for t in single.values())
+    assert relative_difference(single, two) <= PARITY_RTOL
+    assert max(abs(x - y) / abs(x) for x, y in zip(losses(root / "single"), losses(root / "ddp"))) <= PARITY_RTOL
+    assert len(losses(root / "ddp")) == 6
+    # The adapter trained: parity between two untouched adapters would prove nothing.
+    assert any(t.abs().max() > 1e-3 for k, t in single.items() if "lora_B" in k)
+    assert "trained 6 steps" in ddp.stdout and ddp.stdout.count("trainable params") == 1  # rank 0 alone reports
+
+
+def test_fsdp2_sharded_base_saves_whole_adapters(runs):
+    root, _ = runs
+    single = adapter(root / "single")
+    for saved in (root / "fsdp12", root / "fsdp12-checkpoints" / "checkpoint-000004"):
+        sharded = adapter(saved)
+        assert sharded.keys() == single.keys()
+        for key, tensor in sharded.items():
+            assert tensor.numel() > 0 and tensor.shape == single[key].shape, key  # never a shard, never empty
+    assert relative_difference(adapter(root / "fsdp12"), single) <= PARITY_RTOL
+
+
+def test_resume_with_another_number_of_processes(runs):
+    root, _ = runs
+    uninterrupted = adapter(root / "single")
+    for resumed in ("resume21", "fsdp12"):
+        assert relative_difference(adapter(root / resumed), uninterrupted) <= PARITY_RTOL, resumed
+        assert max(abs(x - y) / abs(x) for x, y in zip(losses(root / resumed), losses(root / "single"))) <= PARITY_RTOL
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+def test_shards_cover_each_batch_once_in_order(world_size):
+    for size in range(world_size, 12):
+        rows = list(range(size))
+        shards = [ReplicaGroup(rank, world_size).shard(rows) for rank in range(world_size)]
+        assert [r for shard in shards for r in shard] == rows
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_batch_smaller_than_the_group_is_refused():
+    for world_size in range(2, 6):
+        for batch_size in range(1, world_size):
+            with pytest.raises(DistributedTrainingError, match=f"--batch-size {world_size}"):
+                ReplicaGroup(0, world_size).check_batch_size(batch_size)
+
+
+def test_cli_refuses_bad_process_counts_before_launching(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    for extra in (["--nproc", "0"], ["--nproc", "-2"], ["--shard-base"], ["--nproc", "1", "--shard-base"]):
+        assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), *extra]) == 2
+        assert "--nproc" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+
+
+def test_group_collectives_in_real_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    world_size = 3
+    from group_worker import group_worker  # a module of its own: spawned ranks import only it
+
+    mp.spawn(group_worker, args=(world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size)
+    outs = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world_size)]
+    for rank, out in enumerate(outs):
+        assert out["sum"] == [6.0, 1.5]  # sums, not means
+        assert out["grad"] == [[6.0] * 3] * 2 and out["unused"] == [0.0] * 3
+        assert "differs between ranks on 1 of 3" in out["drift"]
+        # Rank 0's own error, and the others are told instead of waiting at a barrier.
+        assert out["failed_write"] == ("OSError" if rank == 0 else "DistributedTrainingError")
+        assert out["write"] == ("written" if rank == 0 else None)

@@ -22,7 +22,7 @@ def add_check(parser: argparse.ArgumentParser) -> None:
 def run_check(args) -> int:
     from adapterkit.integrations.vllm.rules import DEFAULT_MAX_LORA_RANK, VLLM_VERSION, check_for_vllm
 
-    verdict = check_for_vllm(args.folder, args.max_lora_rank or DEFAULT_MAX_LORA_RANK)
+    verdict = check_for_vllm(args.folder, DEFAULT_MAX_LORA_RANK if args.max_lora_rank is None else args.max_lora_rank)
     if verdict.ok:
         print(f"ok: vLLM {VLLM_VERSION} loads {args.folder} with --max-lora-rank {verdict.max_lora_rank} "
               f"(rank {verdict.rank})")

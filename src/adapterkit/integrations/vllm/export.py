@@ -108,7 +108,7 @@ def export_for_vllm(source: str | os.PathLike, target: str | os.PathLike, max_lo
     config, tensors, changes = lossless_conversions(config, tensors)
     if weights.suffix != ".safetensors":
         changes.append(f"{weights.name} -> {SAFETENSORS_NAME}")
-    findings, rank = check_config(config, max_lora_rank or MAX_LORA_RANKS[-1])
+    findings, rank = check_config(config, MAX_LORA_RANKS[-1] if max_lora_rank is None else max_lora_rank)
     findings += check_keys(list(tensors))
     if findings:
         raise VllmIncompatibleError(

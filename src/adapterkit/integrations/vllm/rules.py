@@ -154,7 +154,8 @@ def check_config(config: Mapping, max_lora_rank: int = DEFAULT_MAX_LORA_RANK) ->
     init = config.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower() not in SUPPORTED_STRING_INITS:
         findings.append(Finding(
-            "init_lora_weights", f"init_lora_weights={init!r} changes the base weights when PEFT loads the adapter",
+            "init_lora_weights", f"init_lora_weights={init!r}: inits such as PiSSA, OLoRA, CorDA and LoftQ change the base weights "
+            f"when PEFT loads the adapter",
             "convert it to a plain LoRA with PEFT's path_initial_model_for_weight_conversion when saving, or set "
             "init_lora_weights to true if the served base already holds the modified weights",
             "PEFTHelper._init_is_supported"))

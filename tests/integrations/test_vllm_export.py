@@ -126,3 +126,15 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", "--for", "vllm", str(source), str(tmp_path / "dora")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "DoRA" in err and not (tmp_path / "dora").exists()
+
+
+def test_readme_commands(tmp_path, capsys):
+    """The README's vLLM commands, as written, on an adapter trained and saved as `reverse`."""
+    from readme_commands import readme_commands, substitute
+
+    check, export = readme_commands("scaling-out:vllm")
+    places = {"reverse": str(saved_adapter(tmp_path / "reverse")), "reverse-vllm": str(tmp_path / "reverse-vllm")}
+    assert main(substitute(check, places)[1:]) == 0
+    assert main(substitute(export, places)[1:]) == 0
+    assert check_for_vllm(tmp_path / "reverse-vllm").ok
+    assert "ok: vLLM 0.33.0 loads" in capsys.readouterr().out

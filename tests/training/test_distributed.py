@@ -1,7 +1,7 @@
 """Multi-process training in real processes on CPU (gloo), through the real launchers.
 
-One module-scoped set of runs (each launch costs ~10-20 s of process start-up on a
-small machine), then the checks:
+One module-scoped set of runs, the README's "scaling out" commands on a tiny base (each
+launch costs ~10-20 s of process start-up on a small machine), then the checks:
   single   `adapterkit train` in this process, 6 steps, checkpoints every 2
   ddp      `adapterkit train --nproc 2` (torch.distributed.run), same arguments
   resume21 ddp's checkpoint-000002 resumed by 1 process
@@ -29,6 +29,7 @@ from adapterkit.errors import DistributedTrainingError
 from adapterkit.training.checkpoint import load_checkpoint_state
 from adapterkit.training.distributed import ReplicaGroup
 from helpers import VOCAB, tiny_llama
+from readme_commands import readme_commands, substitute
 
 VENV_BIN = Path(sys.executable).parent
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -76,19 +77,26 @@ def runs(tmp_path_factory):
     rows = [{"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2} w{(i * 7) % 50}"} for i in range(20)]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = ["--base", str(root / "base"), "--data", str(root / "train.jsonl"), *TRAIN_ARGS]
-    adapterkit = [str(VENV_BIN / "adapterkit"), "train", *common]
+
+    # The README's commands, on the tiny base, with TRAIN_ARGS appended (argparse keeps the last value).
+    ddp_line, one_resumes_line, torchrun_line = readme_commands("scaling-out:training")
+
+    def readme_run(line: list[str], output: str) -> list[str]:
+        argv = substitute(line, {"smollm2": str(root / "base"), "train.jsonl": str(root / "train.jsonl"),
+                                 "reverse": str(root / output)})
+        return [str(VENV_BIN / argv[0]), *argv[1:], *TRAIN_ARGS]
 
     assert main(["train", *common, "--output", str(root / "single")]) == 0
-    ddp = run_command([*adapterkit, "--nproc", "2", "--output", str(root / "ddp")], root)
-
+    ddp = run_command(readme_run(ddp_line, "ddp"), root)
     # Resume 2 -> 1: the two-process run's step-2 checkpoint, continued by one process.
     seed_checkpoint(root / "ddp-checkpoints", root / "resume21-checkpoints", step=2)
-    assert main(["train", *common, "--resume", "--output", str(root / "resume21")]) == 0
+    assert one_resumes_line[:2] == ["adapterkit", "train"]
+    assert main(readme_run(one_resumes_line, "resume21")[1:]) == 0
     # Resume 1 -> 2: the single run's step-2 checkpoint, continued by two processes launched by
     # torchrun itself, with the base sharded by FSDP2.
     seed_checkpoint(root / "single-checkpoints", root / "fsdp12-checkpoints", step=2)
-    run_command([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "adapterkit.training",
-                 "--", *common, "--shard-base", "--resume", "--output", str(root / "fsdp12")], root)
+    assert {"torchrun", "--shard-base", "--resume"} <= set(torchrun_line)
+    run_command(readme_run(torchrun_line, "fsdp12"), root)
     return root, ddp
 
 

@@ -10,7 +10,11 @@ single code path.
 How a step is split. The trainer's example order is a pure function of (seed,
 micro-batch number) (order.py), so every rank computes the same global micro-batch
 and keeps a contiguous slice of it (`shard`): the global batch is the same as a
-single-process run's, whatever the number of processes. Each rank weights its
+single-process run's, whatever the number of processes. Every rank reads and
+tokenizes the whole JSONL file (cheap next to training): a bad line then fails
+every rank the same way before the first collective, instead of one rank dying
+while the others wait for it; each rank runs the model on its own rows only.
+Each rank weights its
 local mean loss by its share of the *global* count of predicted tokens, so the
 *sum* of the ranks' gradients is exactly the single-process gradient (up to the
 order of float additions). Checkpoints hold the global step only, so a run resumes

@@ -192,3 +192,27 @@ def test_group_collectives_in_real_processes(tmp_path):
         # Rank 0's own error, and the others are told instead of waiting at a barrier.
         assert out["failed_write"] == ("OSError" if rank == 0 else "DistributedTrainingError")
         assert out["write"] == ("written" if rank == 0 else None)
+
+
+def test_dropout_streams_differ_by_rank_and_step_and_repeat():
+    def draw(rank, step):
+        ReplicaGroup(rank, 2).seed_step(seed=3, step=step)
+        return torch.rand(4)
+
+    draws = {(rank, step): draw(rank, step) for rank in range(2) for step in range(3)}
+    assert all(torch.equal(draw(rank, step), value) for (rank, step), value in draws.items())
+    values = list(draws.values())
+    assert all(not torch.equal(a, b) for i, a in enumerate(values) for b in values[i + 1:])
+
+
+@pytest.mark.parametrize("damage", ["shard", "empty"])
+def test_a_sharded_or_empty_adapter_is_never_saved(damage):
+    from adapterkit import LoraConfig, get_peft_model
+    from adapterkit.training.fsdp import check_adapter_whole
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert check_adapter_whole(model) == 8  # 2 layers x 2 modules x (A, B)
+    lora = model.get_base_model().model.layers[1].self_attn.v_proj.lora
+    lora.lora_B["default"].data = lora.lora_B["default"].data[:4] if damage == "shard" else torch.empty(0)
+    with pytest.raises(DistributedTrainingError, match="lora_B holds a tensor of shape"):
+        check_adapter_whole(model)

@@ -171,24 +171,39 @@ def test_batch_smaller_than_the_group_is_refused():
 def test_cli_refuses_bad_process_counts_before_launching(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n')
-    for extra in (["--nproc", "0"], ["--nproc", "-2"], ["--shard-base"], ["--nproc", "1", "--shard-base"]):
+    refusals = {("--nproc", "0"): "--nproc", ("--nproc", "-2"): "--nproc", ("--shard-base",): "--nproc",
+                ("--nproc", "1", "--shard-base"): "--nproc", ("--nproc", "4", "--batch-size", "3"): "--batch-size 4",
+                ("--nproc", "2", "--data", str(tmp_path / "none.jsonl")): "does not exist"}
+    for extra, words in refusals.items():
         assert main(["train", "--data", str(data), "--output", str(tmp_path / "o"), *extra]) == 2
-        assert "--nproc" in capsys.readouterr().err
+        assert words in capsys.readouterr().err
         assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_worker_fails_the_command_without_hanging(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n' * 4)
+    done = subprocess.run([str(VENV_BIN / "adapterkit"), "train", "--nproc", "2", "--base", str(tmp_path / "no-base"),
+                           "--data", str(data), "--output", str(tmp_path / "o")],
+                          env=worker_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2
+    assert done.stderr.count("base model folder") == 2  # each worker's own error
+    assert done.stderr.strip().splitlines()[-1].startswith("adapterkit train: error: 2 of 2 training processes failed")
+    assert not (tmp_path / "o").exists()
 
 
 def test_group_collectives_in_real_processes(tmp_path):
     import torch.multiprocessing as mp
 
-    world_size = 3
+    world_size = 2
     from group_worker import group_worker  # a module of its own: spawned ranks import only it
 
     mp.spawn(group_worker, args=(world_size, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world_size)
     outs = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world_size)]
     for rank, out in enumerate(outs):
-        assert out["sum"] == [6.0, 1.5]  # sums, not means
-        assert out["grad"] == [[6.0] * 3] * 2 and out["unused"] == [0.0] * 3
-        assert "differs between ranks on 1 of 3" in out["drift"]
+        assert out["sum"] == [3.0, 1.0]  # sums, not means
+        assert out["grad"] == [[3.0] * 3] * 2 and out["unused"] == [0.0] * 3
+        assert "differs between ranks on 1 of 2" in out["drift"]
         # Rank 0's own error, and the others are told instead of waiting at a barrier.
         assert out["failed_write"] == ("OSError" if rank == 0 else "DistributedTrainingError")
         assert out["write"] == ("written" if rank == 0 else None)

@@ -42,7 +42,10 @@ def run_train(args) -> int:
         raise DistributedTrainingError(f"--nproc {args.nproc}: give 1 or more processes, and 2 or more with --shard-base")
     if args.nproc > 1 and not launched_by_torchrun():
         from adapterkit.cli.train_launch import launch_workers, worker_argv
+        from adapterkit.training.data import load_jsonl
 
+        load_jsonl(args.data)  # refuse bad data and batch sizes before starting any process
+        ReplicaGroup(0, args.nproc).check_batch_size(args.batch_size)
         return launch_workers(args.nproc, worker_argv(args, add_train))
     group = ReplicaGroup.from_environment()  # one process unless torchrun started this one
     try:

@@ -231,3 +231,28 @@ def test_a_sharded_or_empty_adapter_is_never_saved(damage):
     lora.lora_B["default"].data = lora.lora_B["default"].data[:4] if damage == "shard" else torch.empty(0)
     with pytest.raises(DistributedTrainingError, match="lora_B holds a tensor of shape"):
         check_adapter_whole(model)
+
+
+def test_workers_get_the_arguments_the_user_gave():
+    """`--nproc N` re-launches `python -m adapterkit.training` with argv rebuilt from the parsed
+    arguments; every combination must parse back to the same namespace (less --nproc)."""
+    import argparse
+    import itertools
+
+    from adapterkit.cli.train_command import add_train
+    from adapterkit.cli.train_launch import worker_argv
+
+    def parse(argv):
+        parser = argparse.ArgumentParser()
+        add_train(parser)
+        return vars(parser.parse_args(argv))
+
+    options = [["--base", "/m/base dir"], ["--eval-data", "e.jsonl"], ["--targets", "all-linear"], ["--r", "16"],
+               ["--alpha", "0.5"], ["--dropout", "0.1"], ["--steps", "7"], ["--lr", "3e-05"], ["--seed", "-1"],
+               ["--checkpoint-every", "3"], ["--resume"], ["--shard-base"], ["--grad-accum", "2"]]
+    for count in (0, 1, 2, 13):
+        for chosen in itertools.islice(itertools.combinations(options, count), 40):
+            argv = ["--data", "d.jsonl", "--output", "o", "--nproc", "2", *itertools.chain(*chosen)]
+            given = parse(argv)
+            rebuilt = parse(worker_argv(argparse.Namespace(**given), add_train))
+            assert {**given, "nproc": 1} == rebuilt, argv

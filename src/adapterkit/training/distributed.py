@@ -87,7 +87,12 @@ class ReplicaGroup:
             return cls()
         local_rank = int(os.environ["LOCAL_RANK"])
         if torch.cuda.is_available():
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            if local_rank >= torch.cuda.device_count():  # NCCL refuses two ranks on one GPU
+                raise DistributedTrainingError(
+                    f"process {local_rank} has no GPU of its own: this machine has {torch.cuda.device_count()}; "
+                    f"start at most {torch.cuda.device_count()} processes per machine"
+                )
+            device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         else:
             device = torch.device("cpu")

@@ -14,7 +14,10 @@ Everything else that vLLM refuses changes results if dropped: DoRA's magnitudes,
 trained biases, full copies of modules, inits that rewrite the base (PiSSA,
 OLoRA, ...), aLoRA, and so on. Those are refused, each with its reason and fix.
 A rank above `--max-lora-rank` is not the folder's problem but the server's
-setting: the report says which `--max-lora-rank` serves it.
+setting: the report says which `--max-lora-rank` serves it. A rank below it, or
+between two allowed values (24, say), needs no padding: vLLM only compares the
+largest rank with `--max-lora-rank` (PEFTHelper.validate_legal) and places each
+adapter in slots `--max-lora-rank` wide itself.
 """
 
 from __future__ import annotations

@@ -165,3 +165,20 @@ def test_check_command(tmp_path, capsys):
     assert main(["check", "--for", "vllm", str(tmp_path / "missing")]) == 2
     with pytest.raises(AdapterConfigError):
         check_for_vllm(good, max_lora_rank=12)
+
+
+def test_unreadable_folders_are_typed_errors(tmp_path):
+    from adapterkit.errors import AdapterError
+
+    folder = saved_adapter(tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    for cut in (0, 7, len(whole) // 2):
+        weights.write_bytes(whole[:cut])
+        with pytest.raises(AdapterError, match="adapter_model.safetensors"):
+            check_for_vllm(folder)
+    weights.write_bytes(whole)
+    for text in ("{", "[]", "", "\xff"):
+        (folder / "adapter_config.json").write_text(text, encoding="latin-1")
+        with pytest.raises(AdapterConfigError, match="adapter_config.json"):
+            check_for_vllm(folder)

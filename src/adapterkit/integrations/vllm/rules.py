@@ -27,8 +27,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import safe_open
+
 from adapterkit.core.config import CONFIG_NAME
-from adapterkit.errors import AdapterConfigError, AdapterConfigNotFoundError, AdapterFolderNotFoundError
+from adapterkit.errors import (
+    AdapterConfigError,
+    AdapterConfigNotFoundError,
+    AdapterFolderNotFoundError,
+    CorruptAdapterFileError,
+)
 from adapterkit.io.folder import find_weights, read_legacy_bin
 
 VLLM_VERSION = "0.33.0"
@@ -111,13 +118,14 @@ def read_raw_config(folder: Path) -> dict:
 
 
 def tensor_names(weights: Path) -> list[str]:
-    """Tensor names of a weights file, without reading the tensors where the format allows."""
-    if weights.suffix == ".safetensors":
-        from adapterkit.io.folder import read_safetensors
-
-        # The header alone would do, but a corrupt file should fail here with adapterkit's message.
-        return list(read_safetensors(weights)[0])
-    return list(read_legacy_bin(weights))
+    """Tensor names of a weights file; a safetensors file is read by its header only."""
+    if weights.suffix != ".safetensors":
+        return list(read_legacy_bin(weights))
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise CorruptAdapterFileError(f"{weights} is not a readable safetensors file ({exc}); save the adapter again") from exc
 
 
 def check_config(config: Mapping, max_lora_rank: int = DEFAULT_MAX_LORA_RANK) -> tuple[list[Finding], int]:

@@ -256,3 +256,27 @@ def test_workers_get_the_arguments_the_user_gave():
             given = parse(argv)
             rebuilt = parse(worker_argv(argparse.Namespace(**given), add_train))
             assert {**given, "nproc": 1} == rebuilt, argv
+
+
+def test_a_share_without_labels_adds_zero_instead_of_nan():
+    """A rank's share may hold no predicted token; it must still run forward and backward (a sharded
+    base needs every rank in each all-gather) and add nothing."""
+    from types import SimpleNamespace
+
+    from adapterkit import LoraConfig, get_peft_model
+    from adapterkit.training.encoding import IGNORE_INDEX, EncodedExample
+    from adapterkit.training.trainer import TrainConfig, _optimizer_step, trainable_parameters
+
+    labelled = EncodedExample(input_ids=[3, 4, 5, 6], labels=[IGNORE_INDEX, IGNORE_INDEX, 5, 6])
+    unlabelled = EncodedExample(input_ids=[3, 4, 5], labels=[IGNORE_INDEX] * 3)
+    results = []
+    for batches in ([[labelled]], [[labelled], [unlabelled]]):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+        params = trainable_parameters(model)
+        optimizer = torch.optim.SGD(params.values(), lr=1.0)
+        loss, _ = _optimizer_step(model, SimpleNamespace(pad_token_id=0), batches, TrainConfig(max_grad_norm=None, trim_logits=False),
+                                  params, optimizer, ReplicaGroup())
+        results.append((loss, [p.detach().clone() for p in params.values()]))
+    (loss_one, after_one), (loss_two, after_two) = results
+    assert loss_one == loss_two and all(torch.equal(a, b) for a, b in zip(after_one, after_two))

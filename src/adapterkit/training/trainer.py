@@ -159,15 +159,16 @@ def _optimizer_step(model, tokenizer, batches: list[list[EncodedExample]], confi
     total = max(1, int(group.sum([sum(counts)])[0]))
     step_loss, tokens = 0.0, 0
     for batch, inputs, count in zip(batches, collated, counts):
-        if count == 0 and group.distributed:
-            continue  # nothing to learn in this rank's share; its mean loss would be NaN
         inputs = {key: value.to(device) for key, value in inputs.items()}
         if config.trim_logits:
             # Left padding puts every response at the end; the logit before the
             # first response token is the last one the loss needs.
             keep = max(example.response_length for example in batch) + 1
             inputs = {**inputs, "labels": inputs["labels"][:, -keep:], "logits_to_keep": keep}
-        loss = model(**inputs).loss * (count / total)
+        output = model(**inputs)
+        # A share with no predicted token (its mean loss is NaN) still runs forward and backward,
+        # adding zero: with a sharded base every rank must take part in every all-gather.
+        loss = output.loss * (count / total) if count else output.logits.sum() * 0.0
         loss.backward()
         step_loss += float(loss.detach())
         tokens += int(inputs["attention_mask"].sum())

@@ -122,3 +122,13 @@ def test_adapterkit_never_needs_vllm(tmp_path):
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ok: vLLM 0.33.0 loads" in done.stdout
+
+
+def test_replicas_resolving_at_once_share_one_folder(store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    resolvers = [StoreLoRAResolver(AdapterStore(store.root), tmp_path / "cache") for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        folders = set(pool.map(lambda resolver: resolver.materialise("reverse@prod"), resolvers))
+    assert folders == {tmp_path / "cache" / "reverse@1"} and check_for_vllm(tmp_path / "cache" / "reverse@1").ok
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["reverse@1"]

@@ -14,10 +14,9 @@ single-process run's, whatever the number of processes. Every rank reads and
 tokenizes the whole JSONL file (cheap next to training): a bad line then fails
 every rank the same way before the first collective, instead of one rank dying
 while the others wait for it; each rank runs the model on its own rows only.
-Each rank weights its
-local mean loss by its share of the *global* count of predicted tokens, so the
-*sum* of the ranks' gradients is exactly the single-process gradient (up to the
-order of float additions). Checkpoints hold the global step only, so a run resumes
+Each rank weights its local mean loss by its share of the *global* count of
+predicted tokens, so the *sum* of the ranks' gradients is exactly the
+single-process gradient (up to the order of float additions). Checkpoints hold the global step only, so a run resumes
 with any number of processes.
 
 Why an explicit all_reduce and not DistributedDataParallel. Only the adapter
@@ -30,7 +29,7 @@ backward unless each micro-batch but the last runs under `no_sync()`; it needs
 that the step does not run (checked: "Expected to have finished reduction in the
 prior iteration"); and it wraps the model, hiding `save_pretrained` and the rest
 of AdapterModel behind `.module`. LoRA gradients are a few MB, so DDP's
-bucketing and overlap buy nothing here.
+bucketing and its overlap of communication with backward buy little here.
 
 Every rank applies the same AdamW update to the same summed gradients, so the
 replicas stay identical; `assert_replicas_identical` checks that bit for bit

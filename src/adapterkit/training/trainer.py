@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
     order = ExampleOrder(len(encoded), config.seed)
     torch.manual_seed(config.seed)  # dropout, if the adapters use it
 
-    start_step, losses = 0, []
+    start_step, losses = 0, list[float]()
     if resume_from is not None:
         start_step, losses = _restore(resume_from, config, params, optimizer, scheduler)
 
@@ -126,7 +127,7 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{result.tokens_per_second:.0f}")
             done = step + 1
-            if _checkpoint_due(done, config):
+            if config.output_dir and _checkpoint_due(done, config):
                 state = _snapshot(done, result.losses, config, params, optimizer, scheduler)
                 group.assert_replicas_identical(list(params.values()))
                 target = checkpoint_dir(config.output_dir, done)
@@ -158,13 +159,13 @@ def _optimizer_step(model, tokenizer, batches: list[list[EncodedExample]], confi
     counts = [int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated]
     total = max(1, int(group.sum([sum(counts)])[0]))
     step_loss, tokens = 0.0, 0
-    for batch, inputs, count in zip(batches, collated, counts):
-        inputs = {key: value.to(device) for key, value in inputs.items()}
+    for batch, padded, count in zip(batches, collated, counts):
+        inputs: dict[str, Any] = {key: value.to(device) for key, value in padded.items()}
         if config.trim_logits:
             # Left padding puts every response at the end; the logit before the
             # first response token is the last one the loss needs.
             keep = max(example.response_length for example in batch) + 1
-            inputs = {**inputs, "labels": inputs["labels"][:, -keep:], "logits_to_keep": keep}
+            inputs.update(labels=inputs["labels"][:, -keep:], logits_to_keep=keep)
         output = model(**inputs)
         # A share with no predicted token (its mean loss is NaN) still runs forward and backward,
         # adding zero: with a sharded base every rank must take part in every all-gather.

@@ -75,6 +75,19 @@ class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
 
 
+# --- variants: weighted combinations, hotswap, init variants ------------------
+class AdapterCombinationError(AdapterError, ValueError):
+    """add_weighted_adapter was given adapters, weights or options it cannot combine."""
+
+
+class HotswapError(AdapterError, ValueError):
+    """A folder cannot replace a loaded adapter's weights in place (nothing was changed)."""
+
+
+class WeightConversionError(AdapterError, ValueError):
+    """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""
+
+
 # --- distributed training and vLLM deployment (scale) ------------------------
 class DistributedTrainingError(AdapterError, ValueError):
     """A multi-process training run is set up wrongly (batch too small, ranks disagree, a failed write)."""

@@ -138,3 +138,22 @@ def test_readme_commands(tmp_path, capsys):
     assert main(substitute(export, places)[1:]) == 0
     assert check_for_vllm(tmp_path / "reverse-vllm").ok
     assert "ok: vLLM 0.33.0 loads" in capsys.readouterr().out
+
+
+def test_pissa_adapter_is_refused_until_saved_as_plain_lora(tmp_path):
+    """The fix `check` gives for a PiSSA init, followed with adapterkit's own save option, makes it servable."""
+    from adapterkit import LoraConfig, get_peft_model
+    from helpers import randomize_adapter
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                    init_lora_weights="pissa"))
+    model.save_pretrained(tmp_path / "initial")
+    randomize_adapter(model, std=0.01)  # "training"
+    model.save_pretrained(tmp_path / "pissa")
+    verdict = check_for_vllm(tmp_path / "pissa")
+    assert verdict.rules() == {"init_lora_weights"} and "path_initial_model_for_weight_conversion" in str(verdict.findings[0])
+    with pytest.raises(VllmIncompatibleError, match="PiSSA"):
+        export_for_vllm(tmp_path / "pissa", tmp_path / "out")
+    model.save_pretrained(tmp_path / "plain", path_initial_model_for_weight_conversion=tmp_path / "initial")
+    verdict = check_for_vllm(tmp_path / "plain", max_lora_rank=8)  # the conversion doubles the rank (PEFT's too)
+    assert verdict.ok, [str(f) for f in verdict.findings]

@@ -164,8 +164,9 @@ def check_config(config: Mapping, max_lora_rank: int = DEFAULT_MAX_LORA_RANK) ->
         findings.append(Finding(
             "init_lora_weights", f"init_lora_weights={init!r}: inits such as PiSSA, OLoRA, CorDA and LoftQ change the base weights "
             f"when PEFT loads the adapter",
-            "convert it to a plain LoRA with PEFT's path_initial_model_for_weight_conversion when saving, or set "
-            "init_lora_weights to true if the served base already holds the modified weights",
+            "save it as a plain LoRA with save_pretrained(..., path_initial_model_for_weight_conversion=<the folder "
+            "saved right after init>) (adapterkit and PEFT both have it), or set init_lora_weights to true if the "
+            "served base already holds the modified weights",
             "PEFTHelper._init_is_supported"))
     for name, feature in UNSUPPORTED_FEATURES.items():
         if config.get(name):

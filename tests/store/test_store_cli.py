@@ -9,19 +9,19 @@ from store_helpers import FINGERPRINT_A, folder_bytes
 
 from adapterkit.cli.store_commands import SUBCOMMANDS
 from adapterkit.cli.store_commands import main as store_main
-from adapterkit.store import AdapterStore
 
 
 @pytest.fixture
-def cli(tmp_path, capsys):
+def cli(tmp_path, capsys, open_store):
     root = str(tmp_path / "cli-store")
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = store_main(["store", "--root", root, *argv])
+        code = store_main(["store", *open_store.cli_args(root), *argv])
         out, err = capsys.readouterr()
         return code, out, err
 
     run.root = root
+    run.open = lambda: open_store(root)
     return run
 
 
@@ -73,7 +73,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_adapter(cli, make_folder):
     cli("put", str(make_folder()), "fine")
     cli("put", str(make_folder()), "broken")
     assert cli("verify")[0] == 0
-    store = AdapterStore(cli.root)
+    store = cli.open()
     record = store.resolve("broken")
     weights = next(f for f in store.index.files(record) if f.path.endswith(".safetensors"))
     store.blobs.path(weights.blob).write_bytes(b"x" * 10)
@@ -113,3 +113,27 @@ def test_long_listings_print_aligned_plain_rows(cli, make_folder, monkeypatch):
     assert code == 0 and lines[0] == "2 stored version(s)"
     assert lines[1].split()[:3] == ["ref", "tags", "method"]
     assert lines[3].startswith("p@1 ") and lines[4].startswith("p@2 ")
+
+
+@pytest.mark.parametrize("tag", ["latest", "bad tag", "7"])
+def test_put_with_a_bad_tag_stores_nothing(cli, make_folder, tmp_path, tag):
+    code, out, err = cli("put", str(make_folder()), "x", "--tag", "ok", "--tag", tag)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "not a valid tag" in err
+    assert not (tmp_path / "cli-store").exists()  # refused before the store was even opened
+    assert cli("put", str(make_folder()), "x", "--tag", "ok")[0] == 0
+    code, out, err = cli("put", str(make_folder()), "x", "--tag", tag)
+    assert code == 2
+    assert [r.ref for r in cli.open().ls()] == ["x@1"]
+    assert len(list(cli.open().blobs.iter_blobs())) == 2
+
+
+def test_store_url_comes_from_the_environment_too(open_store, make_folder, tmp_path, monkeypatch, capsys):
+    if open_store.backend != "postgres":
+        pytest.skip("the PostgreSQL backend's option")
+    root = tmp_path / "env-store"
+    url = open_store.cli_args(root)[-1]
+    monkeypatch.setenv("ADAPTERKIT_STORE_URL", url)
+    assert store_main(["store", "--root", str(root), "put", str(make_folder()), "via-env"]) == 0
+    assert "stored via-env@1" in capsys.readouterr().out
+    assert [r.ref for r in open_store(root).ls()] == ["via-env@1"]
+    assert not (root / "index.sqlite").exists()  # the index went to the server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from store_helpers import folder_bytes, gc_once_the_holder_is_gone
 
 from adapterkit.errors import CorruptAdapterFileError
 from adapterkit.store import CorruptStoredFileError
@@ -81,21 +82,70 @@ def test_gc_never_deletes_a_blob_leased_by_a_put_in_progress(store, make_folder)
     assert store.gc(grace_s=0).blobs_deleted == len(blobs)
 
 
-def test_gc_ignores_leases_of_exited_processes(store, make_folder):
+def test_gc_ignores_leases_of_exited_processes(store, open_store, make_folder, tmp_path):
     import multiprocessing
 
     store.put(make_folder(), "x")
     store.rm("x")
     blobs = [b.sha256 for b in store.blobs.iter_blobs()]
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=_lease_and_exit, args=(store.root, blobs))
+    child = ctx.Process(target=_lease_and_exit, args=(open_store, tmp_path / "store", blobs))
     child.start()
     child.join()
     assert child.exitcode == 0
-    assert store.gc(grace_s=0).blobs_deleted == len(blobs)
+    assert gc_once_the_holder_is_gone(store) == len(blobs)
 
 
-def _lease_and_exit(root, blobs):
-    from adapterkit.store import AdapterStore
+def _lease_and_exit(open_store, root, blobs):
+    open_store(root).index.begin_lease(blobs, ttl=3600)
 
-    AdapterStore(root).index.begin_lease(blobs, ttl=3600)
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "bit flip":
+        path.write_bytes(data[:10] + bytes([data[10] ^ 0x04]) + data[11:])
+    elif how == "truncated":
+        path.write_bytes(data[:-7])
+    elif how == "padded":
+        path.write_bytes(data + b"\0")
+    elif how == "emptied":
+        path.write_bytes(b"")
+    elif how == "missing":
+        path.unlink()
+    elif how == "replaced by a folder":
+        path.unlink()
+        path.mkdir()
+
+
+DAMAGE = ["bit flip", "truncated", "padded", "emptied", "missing", "replaced by a folder"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("recovery", ["re-put", "remove then re-put (as the error says)"])
+def test_putting_an_adapter_again_heals_its_damaged_blobs(store, make_folder, tmp_path, damage, recovery):
+    source = make_folder(seed=5)
+    store.put(source, "heal")
+    store.put(make_folder(seed=6), "other")  # shares the config blob
+    for path in ("adapter_model.safetensors", "adapter_config.json"):
+        blob_path = store.blobs.path(_blob_of(store, "heal", path))
+        _damage(blob_path, damage)
+        with pytest.raises(CorruptStoredFileError) as info:
+            store.get("heal", tmp_path / f"broken-{path}")
+        assert "remove and re-put" in str(info.value)
+        if damage == "replaced by a folder":
+            blob_path.rmdir()  # a folder is not something a put can replace; verify's report is the fix
+        if recovery.startswith("remove"):
+            store.rm("heal")
+        record = store.put(source, "heal")
+        assert store.verify().ok, f"{damage} of {path} survived {recovery}"
+        assert folder_bytes(store.get(record.ref, tmp_path / f"healed-{path}")) == folder_bytes(source)
+    assert folder_bytes(store.get("other", tmp_path / "other")) == folder_bytes(make_folder(seed=6))
+
+
+def test_an_intact_blob_is_not_rewritten_on_re_put(store, make_folder):
+    source = make_folder()
+    store.put(source, "same")
+    blob_path = store.blobs.path(_blob_of(store, "same", "adapter_model.safetensors"))
+    inode = blob_path.stat().st_ino
+    store.put(source, "same")
+    assert blob_path.stat().st_ino == inode  # checked, found intact, kept

@@ -9,6 +9,7 @@ import pytest
 from store_helpers import FINGERPRINT_A, FINGERPRINT_B, folder_bytes, write_peft_folder
 
 from adapterkit.errors import (
+    AdapterConfigError,
     AdapterConfigNotFoundError,
     AdapterFolderNotFoundError,
     AdapterWeightsNotFoundError,
@@ -178,7 +179,8 @@ def test_get_refuses_a_non_empty_destination(store, make_folder, tmp_path):
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
 
 
-def test_index_is_sqlite_in_wal_mode(store):
+def test_index_is_sqlite_in_wal_mode(tmp_path):
+    store = AdapterStore(tmp_path / "s")
     conn = sqlite3.connect(store.root / "index.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -192,8 +194,74 @@ def test_default_root_follows_adapterkit_home_then_xdg(monkeypatch, tmp_path):
     assert AdapterStore().root == tmp_path / "xdg" / "adapterkit" / "store"
 
 
-def test_store_reopens_with_its_contents(tmp_path, make_folder):
-    AdapterStore(tmp_path / "s").put(make_folder(), "persist", metadata={"k": 1})
-    again = AdapterStore(tmp_path / "s")
+def test_store_reopens_with_its_contents(tmp_path, make_folder, open_store):
+    open_store(tmp_path / "s").put(make_folder(), "persist", metadata={"k": 1})
+    again = open_store(tmp_path / "s")
     assert again.resolve("persist").metadata == {"k": 1}
     assert json.loads(json.dumps(again.du().versions)) == 1
+
+
+def _non_ascii_digits() -> list[str]:
+    """Every character Python calls a digit or numeric that is not 0-9 (superscripts, Arabic-Indic, ...)."""
+    import sys
+
+    return [chr(c) for c in range(128, sys.maxunicode + 1) if chr(c).isdigit() or chr(c).isnumeric()]
+
+
+def test_only_ascii_digits_make_a_version(store, make_folder, tmp_path):
+    """`a@²` raised a raw ValueError and `a@١` silently meant a@1: every such ref is now a typed error."""
+    store.put(make_folder(), "a")  # a@1 exists, so silently addressing it would show
+    digits = _non_ascii_digits()
+    assert len(digits) > 1000 and "²" in digits and "١" in digits
+    refs = []
+    for d in digits:
+        refs += [f"a@{d}", f"a@1{d}", f"a@{d}1", f"a@{d * 3}"]
+    refs += ["a@" + "9" * n for n in (19, 100, 5000)]  # past 64 bits, past int()'s digit limit
+    refs += ["a@ 1", "a@1 ", "a@+1", "a@1_0", "a@0x1", "a@1e0", "a@1.0", "a@", "a@@1", "a@1\n", "\uff41@1"]
+    kinds = {}
+    for ref in refs:
+        try:
+            store.resolve(ref)
+        except InvalidStoreRefError:
+            kinds["typed"] = kinds.get("typed", 0) + 1
+            continue
+        except Exception as exc:  # the point is to see any other type
+            raise AssertionError(f"{ref!r} raised {type(exc).__name__}: {exc}") from None
+        raise AssertionError(f"{ref!r} resolved to a version")
+    assert kinds == {"typed": len(refs)}
+    for ref in ("a@²", "a@١"):  # every entry point that takes a ref
+        for call in (lambda r: store.get(r, tmp_path / "o"), store.rm, lambda r: store.tag(r, "t"),
+                     lambda r: store.load_into(object(), r)):
+            with pytest.raises(InvalidStoreRefError, match="ASCII digits"):
+                call(ref)
+    assert [r.ref for r in store.ls()] == ["a@1"] and store.resolve("a@1").tags == ()
+
+
+def test_long_ascii_versions_still_resolve_or_say_not_found(store, make_folder):
+    store.put(make_folder(), "v")
+    assert store.resolve("v@0001").version == 1
+    with pytest.raises(AdapterNotInStoreError):
+        store.resolve("v@" + "9" * 18)
+
+
+@pytest.mark.parametrize("tags", [["latest"], ["ok", "latest"], ["bad tag"], ["7"], ["²"], "prod", [""]])
+def test_put_checks_its_tags_before_storing_anything(store, make_folder, tags):
+    before = (store.ls(), sorted(b.sha256 for b in store.blobs.iter_blobs()))
+    with pytest.raises((InvalidStoreRefError, AdapterConfigError)):
+        store.put(make_folder(), "t", tags=tags)
+    assert (store.ls(), sorted(b.sha256 for b in store.blobs.iter_blobs())) == before
+
+
+def test_put_with_tags_commits_version_and_tags_together(store, make_folder):
+    record = store.put(make_folder(), "t", tags=["prod", "canary", "prod"])
+    assert record.tags == ("canary", "prod")
+    assert store.resolve("t@canary").version == record.version == 1
+
+
+def test_ls_globs_match_as_shell_globs(store, make_folder):
+    for name in ("alpha", "beta", "gamma", "a.b", "a_b", "org/x"):
+        store.put(make_folder(), name)
+    cases = {"[ab]*": ["a.b", "a_b", "alpha", "beta"], "?eta": ["beta"], "a.*": ["a.b"], "a_*": ["a_b"],
+             "[^ab]*": ["gamma", "org/x"], "org/*": ["org/x"], "*[!]*": []}
+    for pattern, expected in cases.items():
+        assert [r.name for r in store.ls(pattern)] == expected, pattern

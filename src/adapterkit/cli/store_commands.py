@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from datetime import datetime
 
 from adapterkit.errors import AdapterError
+from adapterkit.files import format_bytes
 
 # name -> (help, add_arguments, run); the runners are defined below.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -35,6 +37,9 @@ def add_store_parser(subparsers) -> argparse.ArgumentParser:
     store = subparsers.add_parser("store", help="keep many adapters: versioned, verified, bound to their base",
                                   description=description)
     store.add_argument("--root", help="store folder (default: $ADAPTERKIT_HOME/store or ~/.cache/adapterkit/store)")
+    store.add_argument("--store-url", default=os.environ.get("ADAPTERKIT_STORE_URL") or None, metavar="URL",
+                       help="keep the index in PostgreSQL (postgresql://user@host/db, default $ADAPTERKIT_STORE_URL) "
+                            "so many hosts share one store; files then go to ROOT/blobs, a folder they all reach")
     sub = store.add_subparsers(dest="store_command", required=True, metavar="SUBCOMMAND")
     module = sys.modules[__name__]
     for name, (help_text, add_name, run_name) in SUBCOMMANDS.items():
@@ -56,7 +61,10 @@ def _guarded(name: str, run):
     def guarded(args) -> int:
         try:
             return int(run(args) or 0)
-        except (AdapterError, OSError, ValueError, KeyError, sqlite3.Error) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (AdapterError, OSError, ValueError, KeyError, sqlite3.Error)) \
+                    and not type(exc).__module__.startswith("psycopg"):
+                raise
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"adapterkit store {name}: error: {text}", file=sys.stderr)
             return 2
@@ -65,8 +73,12 @@ def _guarded(name: str, run):
 
 
 def _store(args):
-    from adapterkit.store import AdapterStore
+    from pathlib import Path
 
+    from adapterkit.store import AdapterStore, default_store_root
+
+    if args.store_url:
+        return AdapterStore(args.store_url, blobs=Path(args.root or default_store_root()) / "blobs")
     return AdapterStore(args.root)
 
 
@@ -138,6 +150,8 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
 def _add_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("archive", help="tar archive written by `store export`, or a tar of PEFT folders")
     parser.add_argument("--no-tags", action="store_true", help="do not re-apply the archive's tags")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="also import archives without per-file SHA-256 (older exports, plain tars)")
 
 
 # --- runners ------------------------------------------------------------
@@ -174,7 +188,7 @@ def _ls_row(r) -> tuple[str, ...]:
     targets = s.targets if isinstance(s.targets, str) or s.targets is None else ",".join(s.targets)
     return (
         r.ref, ",".join(r.tags), s.method, str(s.rank or ""), _number(s.alpha), str(targets or ""),
-        f"{s.parameter_count:,d}", _size(s.bytes), (r.base.name or r.base.fingerprint[:12]) if r.base else "",
+        f"{s.parameter_count:,d}", format_bytes(s.bytes), (r.base.name or r.base.fingerprint[:12]) if r.base else "",
         datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M"),
     )
 
@@ -193,13 +207,16 @@ def _print_plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[st
 
 
 def _run_put(args) -> int:
+    from adapterkit.store.refs import check_name, check_tag
+
+    # Every argument is checked before the store is even opened: a bad --tag stores nothing.
     metadata = _metadata(args.meta, args.meta_json)
-    store = _store(args)
-    record = store.put_folder(args.folder, args.name, metadata=metadata)
+    check_name(args.name)
     for tag in args.tag:
-        store.tag(record.ref, tag)
+        check_tag(tag)
+    record = _store(args).put_folder(args.folder, args.name, metadata=metadata, tags=args.tag)
     base = f", base {record.base.describe()}" if record.base else ", no base fingerprint recorded"
-    print(f"stored {record.ref} ({record.summary.parameter_count:,d} parameters, {_size(record.summary.bytes)}{base})")
+    print(f"stored {record.ref} ({record.summary.parameter_count:,d} parameters, {format_bytes(record.summary.bytes)}{base})")
     return 0
 
 
@@ -242,7 +259,7 @@ def _run_verify(args) -> int:
 
 def _run_gc(args) -> int:
     report = _store(args).gc(grace_s=args.grace)
-    print(f"deleted {report.blobs_deleted} unreferenced file(s), freed {_size(report.bytes_freed)}"
+    print(f"deleted {report.blobs_deleted} unreferenced file(s), freed {format_bytes(report.bytes_freed)}"
           + (f"; removed {report.temporaries_removed} stale temporary file(s)" if report.temporaries_removed else ""))
     return 0
 
@@ -261,16 +278,16 @@ def _run_du(args) -> int:
     table.add_column("what")
     table.add_column("bytes", justify="right")
     table.add_column("", justify="right")
-    table.add_row("stored (unique files)", _size(usage.stored_bytes), "")
-    table.add_row("as separate folders", _size(usage.logical_bytes), f"{usage.dedupe_ratio:.2f}x dedupe")
+    table.add_row("stored (unique files)", format_bytes(usage.stored_bytes), "")
+    table.add_row("as separate folders", format_bytes(usage.logical_bytes), f"{usage.dedupe_ratio:.2f}x dedupe")
     if usage.full_copy_bytes is not None:
         ratio = usage.savings_vs_full_copies
         table.add_row(f"as full model copies ({usage.versions_with_known_base} with known base size)",
-                      _size(usage.full_copy_bytes), f"{ratio:,.0f}x larger" if ratio else "")
+                      format_bytes(usage.full_copy_bytes), f"{ratio:,.0f}x larger" if ratio else "")
     else:
         table.add_row("as full model copies", "unknown", "put from a model to record base sizes")
-    table.add_row("unreferenced (freed by gc)", _size(usage.unreferenced_bytes), "")
-    table.add_row("index", _size(usage.index_bytes), "")
+    table.add_row("unreferenced (freed by gc)", format_bytes(usage.unreferenced_bytes), "")
+    table.add_row("index", format_bytes(usage.index_bytes), "")
     _console().print(table)
     return 0
 
@@ -282,7 +299,7 @@ def _run_export(args) -> int:
 
 
 def _run_import(args) -> int:
-    records = _store(args).import_(args.archive, tags=not args.no_tags)
+    records = _store(args).import_(args.archive, tags=not args.no_tags, allow_unverified=args.allow_unverified)
     print(f"imported {len(records)} version(s): {', '.join(r.ref for r in records[:20])}"
           + (" ..." if len(records) > 20 else ""))
     return 0
@@ -324,20 +341,10 @@ def _record_dict(record) -> dict:
     }
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _number(value: float | None) -> str:
     if value is None:
         return ""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
 
 
 if __name__ == "__main__":

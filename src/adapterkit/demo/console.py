@@ -6,6 +6,9 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
+# Byte counts print in binary units everywhere; adapterkit.files owns the format.
+from adapterkit.files import format_bytes as human_bytes  # noqa: F401  (re-exported for the demo)
+
 console = Console(highlight=False)
 
 
@@ -26,10 +29,3 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
 def say(text: str) -> None:
     console.print(text)
 
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:,.1f} {unit}" if unit != "B" else f"{int(count):,d} B"
-        count /= 1024
-    return f"{count:.1f} GB"

@@ -8,14 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
-def cache_root() -> Path:
-    """`$ADAPTERKIT_HOME`, else `$XDG_CACHE_HOME/adapterkit`, else `~/.cache/adapterkit`."""
-    if home := os.environ.get("ADAPTERKIT_HOME"):
-        return Path(home).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "adapterkit"
-    return Path.home() / ".cache" / "adapterkit"
+from adapterkit.paths import cache_root
 
 
 def model_cache_dir(name: str) -> Path:
@@ -43,3 +36,6 @@ def write_folder_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+__all__ = ["cache_root", "model_cache_dir", "write_folder_atomically"]

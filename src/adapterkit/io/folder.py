@@ -27,6 +27,7 @@ from adapterkit.errors import (
     AdapterWeightsNotFoundError,
     CorruptAdapterFileError,
 )
+from adapterkit.files import fsync_dir as _fsync_dir
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 LEGACY_BIN_NAME = "adapter_model.bin"
@@ -41,17 +42,6 @@ class AdapterFiles:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
     weights_path: Path | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_one(folder: Path, config: LoraConfig, tensors: dict[str, torch.Tensor],

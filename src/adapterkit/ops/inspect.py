@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adapterkit.files import sha256_file
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import (
     adapter_subfolders,
@@ -38,14 +38,6 @@ class AdapterSummary:
         return asdict(self)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inspect_adapter(folder: str | Path, include_subfolders: bool = True) -> AdapterSummary:
     files = read_adapter_folder(folder)
     config = files.config
@@ -66,7 +58,7 @@ def inspect_adapter(folder: str | Path, include_subfolders: bool = True) -> Adap
         parameters=sum(t.numel() for t in files.tensors.values()),
         weights_file=weights.name,
         weights_bytes=weights.stat().st_size,
-        weights_sha256=sha256_file(weights),
+        weights_sha256=sha256_file(weights)[0],
         base_name=(recorded.name if recorded and recorded.name else None) or config.base_model_name_or_path,
         base_fingerprint=recorded.digest if recorded else None,
     )

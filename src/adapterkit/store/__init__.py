@@ -1,13 +1,18 @@
-"""Adapter store: content-addressed blobs + a SQLite index of names, versions and tags."""
+"""Adapter store: content-addressed blobs + an index of names, versions and tags (SQLite, or PostgreSQL for many hosts)."""
 
 from adapterkit.store.blobs import BlobStore, LocalBlobStore
 from adapterkit.store.errors import (
     AdapterNotInStoreError,
+    ArchiveError,
+    ArchiveManifestError,
+    CorruptArchiveError,
     CorruptStoredFileError,
     InvalidStoreRefError,
     StoreError,
+    UnsafeArchiveError,
+    UnverifiedArchiveError,
 )
-from adapterkit.store.index import SQLiteIndex, StoredFile, StoreIndex, VersionRecord
+from adapterkit.store.index import NewVersion, SQLiteIndex, StoredFile, StoreIndex, VersionRecord
 from adapterkit.store.refs import parse_ref
 from adapterkit.store.store import (
     AdapterStore,
@@ -24,19 +29,25 @@ __all__ = [
     "AdapterNotInStoreError",
     "AdapterStore",
     "AdapterSummary",
+    "ArchiveError",
+    "ArchiveManifestError",
     "BaseMismatchWarning",
     "BaseRef",
     "BlobStore",
+    "CorruptArchiveError",
     "CorruptFile",
     "CorruptStoredFileError",
     "DiskUsage",
     "GcReport",
     "InvalidStoreRefError",
     "LocalBlobStore",
+    "NewVersion",
     "SQLiteIndex",
     "StoreError",
     "StoreIndex",
     "StoredFile",
+    "UnsafeArchiveError",
+    "UnverifiedArchiveError",
     "VerifyReport",
     "VersionRecord",
     "default_store_root",

@@ -1,8 +1,10 @@
 """Blob storage: file contents addressed by their SHA-256.
 
-A blob is written once, to a temporary file that is fsynced and then renamed
-into place, so a reader never sees half a blob and a crash leaves at most a
-stray temporary file (which `gc` removes). Identical contents share one blob.
+A blob is written to a temporary file that is fsynced and then renamed into
+place, so a reader never sees half a blob and a crash leaves at most a stray
+temporary file (which `gc` removes). Identical contents share one blob. A put
+whose blob is already there re-checks it (size, then SHA-256) and rewrites it
+if it is damaged: putting an adapter again is how a corrupt store heals.
 
 `BlobStore` is the small interface the store needs; `LocalBlobStore` keeps blobs
 in a directory. An object store (S3 and the like) can meet the same protocol.
@@ -20,19 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-_CHUNK = 1 << 20
+from adapterkit.files import CHUNK_BYTES as _CHUNK
+from adapterkit.files import fsync_dir, sha256_file
+
 _TMP_PREFIX = ".tmp-"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """(hex digest, size in bytes) of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 @dataclass(frozen=True)
@@ -49,7 +42,10 @@ class BlobStore(Protocol):
     def has(self, sha256: str) -> bool: ...
 
     def put_file(self, source: Path, sha256: str) -> bool:
-        """Store `source` under `sha256` unless present; True if it was written."""
+        """Store `source` under `sha256` unless an intact copy is there; True if it was written.
+
+        A blob already present is re-checked against `sha256`; a damaged one is replaced.
+        """
         ...
 
     def open(self, sha256: str) -> BinaryIO:
@@ -85,7 +81,7 @@ class LocalBlobStore:
 
     def put_file(self, source: Path, sha256: str) -> bool:
         target = self.path(sha256)
-        if target.is_file():
+        if self._intact(target, sha256, os.stat(source).st_size):
             # Refresh the time so a grace period counts from the last writer that needed it.
             os.utime(target)
             return False
@@ -108,8 +104,18 @@ class LocalBlobStore:
                 os.unlink(tmp_name)
             raise
         if self.durable:
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         return True
+
+    @staticmethod
+    def _intact(target: Path, sha256: str, size: int) -> bool:
+        """True if `target` is a regular file of `size` bytes hashing to `sha256`."""
+        try:
+            if not target.is_file() or target.is_symlink() or target.stat().st_size != size:
+                return False
+            return sha256_file(target)[0] == sha256
+        except FileNotFoundError:  # removed by a concurrent gc between the checks
+            return False
 
     def open(self, sha256: str) -> BinaryIO:
         return open(self.path(sha256), "rb")
@@ -176,12 +182,4 @@ def _scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
         return []
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-__all__ = ["BlobInfo", "BlobStore", "LocalBlobStore", "copy_blob", "hash_blob", "sha256_file"]
+__all__ = ["BlobInfo", "BlobStore", "LocalBlobStore", "copy_blob", "hash_blob"]

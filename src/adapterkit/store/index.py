@@ -7,8 +7,9 @@ server database can meet the same protocol.
 
 Leases make garbage collection safe against a concurrent `put`: a put leases
 the blobs it is about to write before writing them, and `collect` never
-deletes a leased blob. A lease dies when it expires or, on the same host, when
-the process that took it has exited (killed mid-put, say).
+deletes a leased blob. In SQLite a lease dies when it expires or, on the same
+host, when the process that took it has exited (killed mid-put, say); a SQLite
+store is for one host. PostgresIndex ties a lease to its database session instead.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -111,23 +113,27 @@ class VersionRecord:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True)
+class NewVersion:
+    """A version about to be recorded; the index assigns its number."""
+
+    name: str
+    files: tuple[StoredFile, ...]
+    summary: AdapterSummary
+    base: BaseRef | None
+    metadata: Mapping = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class StoreIndex(Protocol):
     def begin_lease(self, blobs: Collection[str], ttl: float) -> str: ...
 
     def release_lease(self, lease: str) -> None: ...
 
-    def add_version(
-        self,
-        name: str,
-        files: Iterable[StoredFile],
-        summary: AdapterSummary,
-        base: BaseRef | None,
-        metadata: Mapping,
-        lease: str | None = None,
-        created_at: float | None = None,
-    ) -> VersionRecord:
-        """Record a new version (the next number for `name`) and end `lease`, atomically."""
+    def add_versions(self, versions: Sequence[NewVersion], lease: str | None = None) -> list[VersionRecord]:
+        """Record each new version (the next number for its name) with its tags, and end `lease`,
+        in one transaction: all of them, or none."""
         ...
 
     def resolve(self, name: str, selector: int | str) -> VersionRecord:
@@ -158,15 +164,60 @@ class StoreIndex(Protocol):
 
     def base_sizes(self) -> dict[str, int]: ...
 
+    def size_bytes(self) -> int:
+        """What the index itself takes (files, or tables), for `du`."""
+        ...
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        ...
+
+
+# SQLite and fork(). A connection open in the parent when it forks poisons the child: SQLite
+# keeps one record of locks per file and process, the child inherits the parent's (locks it
+# does not hold, as fcntl locks are not inherited), and a connection the child opens to the
+# same file shares that record, so other processes cannot see the child's readers and writers.
+# Seen: a forked writer's commits went to a WAL another process had already deleted. So an
+# index closes its connections as soon as it goes (Python 3.11's sqlite3 keeps each connection
+# in a reference cycle through its statement cache, so a dropped one stays open until the cyclic
+# gc runs, which may be after a fork), before a fork the forking thread closes its own (they
+# reopen on next use), and a child never closes a connection it inherited (closing one would
+# drop all its locks on that file).
+_live_indexes: weakref.WeakSet[SQLiteIndex] = weakref.WeakSet()
+_inherited_connections: list[sqlite3.Connection] = []
+
+
+def _close_this_threads_connections() -> None:
+    me = threading.get_ident()
+    for index in list(_live_indexes):
+        mine = [conn for conn, owner in index._connections if owner == me]
+        if not mine:
+            continue
+        index._connections = [(conn, owner) for conn, owner in index._connections if owner != me]
+        index._local.conn = None
+        for conn in mine:
+            conn.close()
+
+
+def _keep_inherited_connections_open() -> None:
+    for index in list(_live_indexes):
+        _inherited_connections.extend(conn for conn, _ in index._connections)
+        index._connections = []
+
+
+os.register_at_fork(before=_close_this_threads_connections, after_in_child=_keep_inherited_connections_open)
+
 
 class SQLiteIndex:
-    """StoreIndex in one SQLite file. One connection per process (reopened after fork)."""
+    """StoreIndex in one SQLite file. One connection per thread and process (a child opens its own)."""
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout_s: float = 60.0, durable: bool = True) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self.durable = durable
         self._local = threading.local()  # one connection per thread, and per process after fork
+        self._connections: list[tuple[sqlite3.Connection, int]] = []  # (connection, owning thread), for fork
+        _live_indexes.add(self)
         with self._write() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -184,12 +235,15 @@ class SQLiteIndex:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             # A connection must not cross fork(); the child opens its own.
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            # Still one connection per thread; check_same_thread=False only lets __del__ close them all.
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn, self._local.pid = conn, os.getpid()
+            self._connections.append((conn, threading.get_ident()))
         return conn
 
     @contextmanager
@@ -203,11 +257,17 @@ class SQLiteIndex:
             raise
         conn.execute("COMMIT")
 
+    def __del__(self) -> None:
+        for conn, _ in getattr(self, "_connections", ()):
+            with suppress(sqlite3.Error):
+                conn.close()
+
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread's objects go)."""
+        """Close this thread's connection (the others close when the index goes)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
+            self._connections = [(c, owner) for c, owner in self._connections if c is not conn]
         self._local.conn = None
 
     # --- leases ------------------------------------------------------------
@@ -227,45 +287,63 @@ class SQLiteIndex:
             conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
 
     # --- versions ------------------------------------------------------------
-    def add_version(self, name, files, summary, base, metadata, lease=None, created_at=None) -> VersionRecord:
-        files = list(files)
-        created = time.time() if created_at is None else created_at
+    def add_versions(self, versions: Sequence[NewVersion], lease: str | None = None) -> list[VersionRecord]:
+        if not versions:
+            return []
+        created = time.time()
+        added: list[tuple[NewVersion, int, int]] = []  # (new version, its number, its row id)
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (name,))
-            (version,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (name,)).fetchone()
-            conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (version + 1, name))
-            cursor = conn.execute(
-                "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
-                " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name, version, created, summary.method, summary.rank, summary.alpha,
-                    json.dumps(summary.targets), summary.parameter_count, summary.bytes,
-                    json.dumps(summary.adapters),
-                    base.name if base else None, base.fingerprint if base else None,
-                    base.architecture if base else None, json.dumps(dict(metadata), sort_keys=True),
-                ),
-            )
-            version_id = cursor.lastrowid
-            conn.executemany(
-                "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
-                [(version_id, f.path, f.blob, f.size) for f in files],
-            )
+            for new in versions:
+                conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (new.name,))
+                (number,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (new.name,)).fetchone()
+                conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (number + 1, new.name))
+                summary, base = new.summary, new.base
+                cursor = conn.execute(
+                    "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
+                    " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.name, number, created, summary.method, summary.rank, summary.alpha,
+                        json.dumps(summary.targets), summary.parameter_count, summary.bytes,
+                        json.dumps(summary.adapters),
+                        base.name if base else None, base.fingerprint if base else None,
+                        base.architecture if base else None, json.dumps(dict(new.metadata), sort_keys=True),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
+                    [(cursor.lastrowid, f.path, f.blob, f.size) for f in new.files],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO tags (name, tag, version) VALUES (?, ?, ?)",
+                    [(new.name, tag, number) for tag in new.tags],
+                )
+                added.append((new, number, int(cursor.lastrowid or 0)))
             if lease is not None:
                 conn.execute("DELETE FROM leases WHERE lease = ?", (lease,))
-        return VersionRecord(name, version, created, summary, base, dict(metadata), (), version_id)
+            # A later version of the same import may have taken a tag over: read tags back at the end.
+            final_tags = {
+                (new.name, number): tuple(sorted(t for (t,) in conn.execute(
+                    "SELECT tag FROM tags WHERE name = ? AND version = ?", (new.name, number))))
+                for new, number, _ in added
+            }
+        return [
+            VersionRecord(new.name, number, created, new.summary, new.base, dict(new.metadata),
+                          final_tags[(new.name, number)], row_id)
+            for new, number, row_id in added
+        ]
 
     def resolve(self, name: str, selector: int | str) -> VersionRecord:
         conn = self._connection()
         if isinstance(selector, int):
-            rows = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, selector)).fetchall()
+            rows = conn.execute(SELECT_VERSIONS + " WHERE name = ? AND version = ?", (name, selector)).fetchall()
             what = f"{name}@{selector}"
         elif selector == "latest":
-            rows = conn.execute(_SELECT + " WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchall()
+            rows = conn.execute(SELECT_VERSIONS + " WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)).fetchall()
             what = name
         else:
             rows = conn.execute(
-                _SELECT + " WHERE name = ? AND version = (SELECT version FROM tags WHERE name = ? AND tag = ?)",
+                SELECT_VERSIONS + " WHERE name = ? AND version = (SELECT version FROM tags WHERE name = ? AND tag = ?)",
                 (name, name, selector),
             ).fetchall()
             what = f"{name}@{selector}"
@@ -294,15 +372,15 @@ class SQLiteIndex:
             clauses.append("version = (SELECT MAX(version) FROM versions w WHERE w.name = v.name)")
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         conn = self._connection()
-        rows = conn.execute(_SELECT + where + " ORDER BY name, version", params).fetchall()
+        rows = conn.execute(SELECT_VERSIONS + where + " ORDER BY name, version", params).fetchall()
         return self._records(conn, rows)
 
     def remove(self, name: str, version: int | None = None) -> list[VersionRecord]:
         with self._write() as conn:
             if version is None:
-                rows = conn.execute(_SELECT + " WHERE name = ?", (name,)).fetchall()
+                rows = conn.execute(SELECT_VERSIONS + " WHERE name = ?", (name,)).fetchall()
             else:
-                rows = conn.execute(_SELECT + " WHERE name = ? AND version = ?", (name, version)).fetchall()
+                rows = conn.execute(SELECT_VERSIONS + " WHERE name = ? AND version = ?", (name, version)).fetchall()
             if not rows:
                 raise AdapterNotInStoreError(_not_found(conn, name, name if version is None else f"{name}@{version}"))
             records = self._records(conn, rows)
@@ -366,6 +444,9 @@ class SQLiteIndex:
     def base_sizes(self) -> dict[str, int]:
         return dict(self._connection().execute("SELECT fingerprint, parameter_bytes FROM bases"))
 
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+
     # --- rows -> records -------------------------------------------------
     def _records(self, conn: sqlite3.Connection, rows: list[tuple]) -> list[VersionRecord]:
         if not rows:
@@ -374,22 +455,24 @@ class SQLiteIndex:
             tag_rows = conn.execute("SELECT name, version, tag FROM tags WHERE name = ?", (rows[0][1],))
         else:
             tag_rows = conn.execute("SELECT name, version, tag FROM tags")
-        tags: dict[tuple[str, int], list[str]] = {}
-        for tag_name, tag_version, tag in tag_rows:
-            tags.setdefault((tag_name, tag_version), []).append(tag)
-        records = []
-        parsed: dict[str, object] = {}  # targets/adapters repeat across rows; parse each text once
+        return build_records(rows, tag_rows)
 
-        def cached(text: str):
-            if text not in parsed:
-                parsed[text] = json.loads(text)
-            value = parsed[text]
-            return list(value) if isinstance(value, list) else value
 
-        with _gc_paused():
-            for row in rows:
-                records.append(_record(row, cached, tags))
-        return records
+def build_records(rows: Iterable[tuple], tag_rows: Iterable[tuple]) -> list[VersionRecord]:
+    """Records from `SELECT_VERSIONS` rows and (name, version, tag) rows; shared by every StoreIndex on SQL."""
+    tags: dict[tuple[str, int], list[str]] = {}
+    for tag_name, tag_version, tag in tag_rows:
+        tags.setdefault((tag_name, tag_version), []).append(tag)
+    parsed: dict[str, object] = {}  # targets/adapters repeat across rows; parse each text once
+
+    def cached(text: str):
+        if text not in parsed:
+            parsed[text] = json.loads(text)
+        value = parsed[text]
+        return list(value) if isinstance(value, list) else value
+
+    with _gc_paused():
+        return [_record(row, cached, tags) for row in rows]
 
 
 def _record(row: tuple, cached, tags: dict[tuple[str, int], list[str]]) -> VersionRecord:
@@ -416,7 +499,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_SELECT = (
+SELECT_VERSIONS = (
     "SELECT id, name, version, created_at, method, rank, alpha, targets, parameter_count, bytes, adapters,"
     " base_name, base_fingerprint, base_architecture, metadata FROM versions v"
 )
@@ -424,9 +507,14 @@ _SELECT = (
 
 def _not_found(conn: sqlite3.Connection, name: str, what: str) -> str:
     versions = [v for (v,) in conn.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
+    tags = [t for (t,) in conn.execute("SELECT tag FROM tags WHERE name = ? ORDER BY tag", (name,))]
+    return not_found_message(name, what, versions, tags)
+
+
+def not_found_message(name: str, what: str, versions: list[int], tags: list[str]) -> str:
+    """What to say when `what` (a ref of `name`) is not stored, listing what is."""
     if not versions:
         return f"no adapter named {name!r} in the store; `adapterkit store ls` lists what is there"
-    tags = [t for (t,) in conn.execute("SELECT tag FROM tags WHERE name = ? ORDER BY tag", (name,))]
     known = ", ".join(f"@{v}" for v in versions[-10:]) + (f"; tags: {', '.join(tags)}" if tags else "")
     return f"{what} is not in the store; {name} has versions {known}"
 

@@ -9,6 +9,9 @@ from adapterkit.store.errors import InvalidStoreRefError
 # Like Hugging Face repo ids: segments of letters, digits, `.`, `_`, `-`, joined by `/`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _TAG = re.compile(r"[A-Za-z_][A-Za-z0-9._-]*")
+# ASCII digits only: str.isdigit() and int() also take '²' and '١', which would raise or
+# silently address another version. 18 digits keep every version inside SQLite's 64-bit integers.
+_VERSION = re.compile(r"[0-9]{1,18}")
 _MAX_NAME = 200
 _MAX_TAG = 64
 
@@ -39,9 +42,13 @@ def parse_ref(ref: str) -> tuple[str, int | str]:
     check_name(name)
     if not at or selector == "latest":
         return name, "latest"
-    if selector.isdigit():
+    if _VERSION.fullmatch(selector):
         version = int(selector)
         if version < 1:
             raise InvalidStoreRefError(f"{ref!r}: versions start at 1")
         return name, version
+    if selector[:1].isdigit() or selector[:1].isnumeric():
+        raise InvalidStoreRefError(
+            f"{ref!r}: a version is 1 to 18 ASCII digits (name@3); tags start with a letter or '_'"
+        )
     return name, check_tag(selector)

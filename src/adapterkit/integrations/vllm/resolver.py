@@ -5,6 +5,10 @@ With the plugin installed (`pip install adapterkit[vllm]` beside vLLM) and
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ADAPTERKIT_STORE=/shared/store \\
         vllm serve BASE --enable-lora --max-lora-rank 64
 
+(with `ADAPTERKIT_STORE_URL=postgresql://...` too, the index is that PostgreSQL
+database and the files are in $ADAPTERKIT_STORE/blobs, as `adapterkit store
+--store-url` does),
+
 a request whose `model` is a store reference (`reverse@prod`, `reverse@3`,
 `reverse`) makes vLLM ask this resolver. It resolves the reference to an immutable
 version, writes that version once as a folder vLLM loads (through the lossless
@@ -38,20 +42,22 @@ from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
 from adapterkit.errors import AdapterError
 from adapterkit.integrations.vllm.export import export_for_vllm
-from adapterkit.store import AdapterStore, VersionRecord
+from adapterkit.store import AdapterStore, VersionRecord, default_store_root
 
 logger = logging.getLogger(__name__)
 
 RESOLVER_NAME = "adapterkit"
-STORE_VARIABLE = "ADAPTERKIT_STORE"  # the store to serve from; unset: AdapterStore()'s default
-CACHE_VARIABLE = "ADAPTERKIT_VLLM_CACHE"  # where versions are written as folders; unset: <store>/vllm-folders
+STORE_VARIABLE = "ADAPTERKIT_STORE"  # the store folder; unset: $ADAPTERKIT_HOME/store (AdapterStore's default)
+STORE_URL_VARIABLE = "ADAPTERKIT_STORE_URL"  # a PostgreSQL index shared by hosts (the store CLI's variable too)
+CACHE_VARIABLE = "ADAPTERKIT_VLLM_CACHE"  # where versions are written as folders
 
 
 class StoreLoRAResolver(LoRAResolver):
     def __init__(self, store: AdapterStore, cache_dir: str | os.PathLike | None = None,
                  max_lora_rank: int | None = None) -> None:
         self.store = store
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.root) / "vllm-folders"
+        # Beside the store, never inside it: the store owns (and collects) its own files.
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_store_root().parent / "vllm-folders"
         self.max_lora_rank = max_lora_rank
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
@@ -99,6 +105,7 @@ def register() -> None:
 
     vLLM may call it in several processes and more than once; registering again replaces
     the resolver with an equal one."""
-    root = os.environ.get(STORE_VARIABLE)
-    store = AdapterStore(root) if root else AdapterStore()
+    folder = Path(os.environ.get(STORE_VARIABLE) or default_store_root())
+    url = os.environ.get(STORE_URL_VARIABLE)
+    store = AdapterStore(url, blobs=folder / "blobs") if url else AdapterStore(folder)
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, StoreLoRAResolver(store, os.environ.get(CACHE_VARIABLE)))

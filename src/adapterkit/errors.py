@@ -95,3 +95,6 @@ class DistributedTrainingError(AdapterError, ValueError):
 
 class VllmIncompatibleError(AdapterError, ValueError):
     """An adapter folder cannot be served by vLLM, and no lossless conversion makes it servable."""
+# --- core runtime (row ids, packs, routing) ----------------------------------
+class AdapterCapacityError(AdapterError, ValueError):
+    """A number of adapter slots that cannot be reserved (negative, or not an integer)."""

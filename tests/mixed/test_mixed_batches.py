@@ -106,23 +106,46 @@ def test_forward_matches_each_row_alone_and_peft(models):
     ours.set_adapter("a")
 
 
+# A batch whose rows all name one adapter (or none) takes the single-adapter path, so the two
+# tests below also put the same rows beside one row of another adapter: that batch must go
+# through the gathered path, and give the same rows.
+
+
 @torch.no_grad()
 def test_all_rows_one_adapter_equals_set_adapter(models):
     ours, _, _ = models
-    inputs = _inputs(3, left_pad=False)
+    inputs = _inputs(4, left_pad=False)
+    first3 = {k: v[:3] for k, v in inputs.items()}
     ours.set_adapter("b")
-    single = ours(**inputs).logits
-    mixed = ours(**inputs, adapter_names=["b"] * 3).logits
-    assert (mixed - single).abs().max() <= TOL
+    single = ours(**first3).logits
+    ours.set_adapter("c")
+    last_alone = ours(**{k: v[3:] for k, v in inputs.items()}).logits
     ours.set_adapter("a")
+    uniform = ours(**first3, adapter_names=["b"] * 3).logits
+    assert (uniform - single).abs().max() <= TOL
+    gathered = ours(**inputs, adapter_names=["b"] * 3 + ["c"]).logits
+    assert (gathered[:3] - single).abs().max() <= TOL
+    assert (gathered[3:] - last_alone).abs().max() <= TOL
 
 
 @torch.no_grad()
 def test_all_base_rows_equal_base_model(models):
     ours, _, base = models
-    inputs = _inputs(3)
-    mixed = ours(**inputs, adapter_names=["__base__"] * 3).logits
-    assert (mixed - base(**inputs).logits).abs().max() <= TOL
+    inputs = _inputs(4)
+    first3 = {k: v[:3] for k, v in inputs.items()}
+    plain = base(**first3).logits
+    uniform = ours(**first3, adapter_names=["__base__"] * 3).logits
+    assert (uniform - plain).abs().max() <= TOL
+    gathered = ours(**inputs, adapter_names=["__base__"] * 3 + ["b"]).logits
+    for row in range(3):
+        mask = inputs["attention_mask"][row].bool()
+        assert (gathered[row][mask] - plain[row][mask]).abs().max() <= TOL, row
+    # ...and the gathered path did run: the adapter row is that adapter's, not the base's.
+    last = _alone(ours, "b", inputs, 3)
+    mask = inputs["attention_mask"][3].bool()
+    assert (gathered[3][mask] - last[0][mask]).abs().max() <= TOL
+    assert (last[0][mask] - base(**{k: v[3:] for k, v in inputs.items()}).logits[0][mask]).abs().max() > 1e-3
+    ours.set_adapter("a")
 
 
 @torch.no_grad()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from adapterkit import LoraConfig, get_peft_model
+from adapterkit import LoraConfig, UnknownAdapterError, get_peft_model
 from adapterkit.ops.merge import export_merged
 from helpers import logits, max_diff, randomize_adapter, tiny_llama
 
@@ -48,3 +49,34 @@ def test_export_replaces_an_existing_folder_whole(tmp_path):
     assert not (out / "stale.txt").exists()
     assert (out / "config.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _misspellings(name: str) -> list[str]:
+    """A family of near-misses: each letter dropped, doubled, or upper-cased; a suffix; a space."""
+    near = {name[:i] + name[i + 1:] for i in range(len(name))}
+    near |= {name[:i] + name[i] * 2 + name[i:] for i in range(len(name))}
+    near |= {name[:i] + name[i].upper() + name[i + 1:] for i in range(len(name))}
+    near |= {name + "_v2", " " + name, name + " ", name.upper()}
+    return sorted(near - {name})
+
+
+def test_export_refuses_a_misspelt_adapter_name_and_writes_nothing(tmp_path):
+    model = _trained(["q_proj"])  # one adapter, "default"
+    model.add_adapter("shout", LoraConfig(r=2, target_modules=["v_proj"]))
+    families = _misspellings("default") + _misspellings("shout")
+    assert len(families) > 30
+    for wrong in families:
+        for names in ([wrong], ["default", wrong], wrong):
+            with pytest.raises(UnknownAdapterError) as caught:
+                export_merged(model, tmp_path / "merged", adapter_names=names)
+            message = str(caught.value)
+            assert repr(wrong) in message and "'default'" in message and "'shout'" in message, message
+    assert list(tmp_path.iterdir()) == []  # not even the staging folder
+
+
+def test_export_with_nothing_active_and_no_names_is_refused(tmp_path):
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.routing.active = ()
+    with pytest.raises(UnknownAdapterError, match="adapter_names"):
+        export_merged(model, tmp_path / "merged")
+    assert list(tmp_path.iterdir()) == []

@@ -17,13 +17,15 @@ import copy
 import torch
 from torch import nn
 
-from adapterkit.core.layer import AdapterRouting, LoraAdapters
+from adapterkit.core.layer import LoraAdapters
+from adapterkit.core.routing import AdapterRouting, Route
 
 LORA_CHILD = "lora"
 
 
 def _lora_hook(module: nn.Module, args, output):
-    return module.lora(args[0], output)
+    lora: LoraAdapters = getattr(module, LORA_CHILD)
+    return lora(args[0], output)
 
 
 def attach(module: nn.Module, kind: str, routing: AdapterRouting) -> LoraAdapters:
@@ -84,17 +86,19 @@ class ModulesToSave(nn.Module):
     def remove(self, name: str) -> None:
         del self.modules_to_save[name]
 
-    def chosen(self) -> nn.Module:
-        if not self.routing.disabled:
-            for name in self.routing.active:
+    def chosen(self, route: Route | None = None) -> nn.Module:
+        route = self.routing.current() if route is None else route
+        if not route.disabled:
+            for name in route.active:
                 if name in self.modules_to_save:
                     return self.modules_to_save[name]
         return self.original_module
 
     def forward(self, *args, **kwargs):
-        row_ids = self.routing.row_ids
-        if row_ids is None or self.routing.disabled or not len(self.modules_to_save):
-            return self.chosen()(*args, **kwargs)
+        route = self.routing.current()  # this call's own routing, or the model-wide one
+        row_ids = route.row_ids
+        if row_ids is None or route.disabled or not len(self.modules_to_save):
+            return self.chosen(route)(*args, **kwargs)
         return self._mixed(row_ids, *args, **kwargs)
 
     def _mixed(self, row_ids: torch.Tensor, x: torch.Tensor, *args, **kwargs):

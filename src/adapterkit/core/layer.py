@@ -14,34 +14,17 @@ s_i B_i A_i into W; unmerge subtracts it again.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adapterkit.core.pack import RankPack
+from adapterkit.core.routing import AdapterRouting, Route
 
-
-@dataclass
-class AdapterRouting:
-    """Which adapters run: shared by every LoraAdapters of one model, so switching
-    adapters is one assignment whatever the number of layers or adapters."""
-
-    active: tuple[str, ...] = ()
-    disabled: bool = False
-    # Mixed batches: the adapter id of each row (0 = base), set for one forward call.
-    row_ids: torch.Tensor | None = None
-    row_names: frozenset[str] | None = None  # the adapter names those rows use
-    ids: dict[str, int] = field(default_factory=dict)  # adapter name -> row id (>= 1)
-    _next_id: int = 1
-
-    def id_for(self, name: str) -> int:
-        """A stable row id per adapter name (ids are never reused, so tables stay valid)."""
-        if name not in self.ids:
-            self.ids[name] = self._next_id
-            self._next_id += 1
-        return self.ids[name]
+__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "lora_scale"]
 
 
 @dataclass
@@ -62,7 +45,7 @@ class AdapterParameters(nn.Module):
     """
 
     def __getitem__(self, name: str) -> nn.Parameter:
-        return self._parameters[name]
+        return cast(nn.Parameter, self._parameters[name])
 
     def __setitem__(self, name: str, param: nn.Parameter) -> None:
         self._parameters[name] = param
@@ -99,22 +82,36 @@ class LoraAdapters(nn.Module):
         self.lora_B = AdapterParameters()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
-        weight = base.weight
+        weight = self._weight_of(base)
         if kind == "linear":
-            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+            self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
         elif kind == "conv1d":  # transformers' Conv1D stores W as (in, out)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
         else:  # embedding: (num_embeddings, embedding_dim)
-            self.in_features, self.out_features = weight.shape[0], weight.shape[1]
+            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
         self.info: dict[str, _AdapterInfo] = {}
         self.merged: list[str] = []
         self.packs: dict[int, RankPack] = {}
-        # Per pack, row id -> slot; grown on demand to cover every row id in use.
+        # Per pack, row id -> slot (0: the pack's zero slot), covering every id the routing
+        # can hand out (routing.id_capacity), so a forward pass never has to grow one.
         self._slot_tables: dict[int, torch.Tensor] = {}
+        routing.watch(self)
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.routing.watch(self)  # a copy's routing is a copy too: it must grow this copy's tables
 
     @property
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
+
+    @staticmethod
+    def _weight_of(module: nn.Module) -> torch.Tensor:
+        return cast(torch.Tensor, module.weight)
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self._weight_of(self.base)
 
     def _params(self):
         return (self.lora_A, self.lora_B)
@@ -125,17 +122,17 @@ class LoraAdapters(nn.Module):
         """Add adapter `name`. `init=None` leaves the factors unwritten, for a caller
         (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
-        weight = self.base.weight
+        weight = self.base_weight
         pack = self.packs.get(rank)
         if pack is None:
             pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
-                                               weight.device, weight.dtype)
+                                               weight.device, weight.dtype, self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
         self.info[name] = _AdapterInfo(rank, scale, dropout)
-        self._set_slot(rank, self.routing.id_for(name), slot)
+        self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
             self.reset(name, init)
 
@@ -145,7 +142,9 @@ class LoraAdapters(nn.Module):
         info = self.info.pop(name)
         pack = self.packs[info.rank]
         pack.remove(name)
-        self._set_slot(info.rank, self.routing.id_for(name), 0)
+        # The name's row id may be handed to another adapter once every module has dropped it
+        # (AdapterModel.delete_adapter releases it): this module must map it to no slot.
+        self._set_slot(info.rank, self.routing.ids[name], 0)
         del self.lora_A[name], self.lora_B[name]
         if not pack.used:
             # An empty pack has no parameter to take a later .to()'s device and dtype from;
@@ -175,14 +174,24 @@ class LoraAdapters(nn.Module):
 
     def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
         table = self._slot_tables.get(rank)
-        device = self.packs[rank].device
-        if table is None or table.numel() <= row_id:
-            grown = torch.zeros(max(row_id + 1, 2 * (0 if table is None else table.numel())),
-                                dtype=torch.long, device=device)
-            if table is not None:
-                grown[: table.numel()] = table.to(device)
-            table = self._slot_tables[rank] = grown
+        if table is None:
+            table = self._slot_tables[rank] = torch.zeros(self.routing.id_capacity, dtype=torch.long,
+                                                          device=self.packs[rank].device)
         table[row_id] = slot
+
+    def reserve_slots(self, adapters: int) -> None:
+        """Room for `adapters` adapters in every pack here (see AdapterRouting.reserve)."""
+        for pack in self.packs.values():
+            pack.reserve(adapters + 1, self._params())  # + the zero slot
+
+    def cover_ids(self, capacity: int) -> None:
+        """Grow the slot tables to `capacity` row ids (called by the routing when it hands out
+        a new highest id, so tables of modules that adapter skips cover it too)."""
+        for rank, table in self._slot_tables.items():
+            if table.numel() < capacity:
+                grown = table.new_zeros(capacity)
+                grown[: table.numel()] = table
+                self._slot_tables[rank] = grown
 
     def has(self, name: str) -> bool:
         return name in self.info
@@ -204,12 +213,12 @@ class LoraAdapters(nn.Module):
 
     # --- forward --------------------------------------------------------------
     def forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        routing = self.routing
-        if routing.disabled or not self.info:
+        route = self.routing.current()  # this call's own routing, or the model-wide one
+        if route.disabled or not self.info:
             return result
-        if routing.row_ids is not None:
-            return self._mixed_delta(x, routing.row_ids, result)
-        for name in routing.active:
+        if route.row_ids is not None:
+            return self._mixed_delta(x, route, result)
+        for name in route.active:
             if name in self.info and name not in self.merged:
                 result = result + self._delta(name, x).to(result.dtype)
         return result
@@ -218,7 +227,7 @@ class LoraAdapters(nn.Module):
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
         if self.kind == "embedding":
-            base = self.base
+            base = cast(nn.Embedding, self.base)
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
             return (after_A @ B.T) * scale  # (..., out)
@@ -228,16 +237,22 @@ class LoraAdapters(nn.Module):
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
         return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
 
-    def _mixed_delta(self, x: torch.Tensor, row_ids: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
 
         The loop runs over distinct *ranks* at this module (usually one), never
         over adapters. Nothing here reads a tensor's value on the host, so a
-        forward pass stays free of per-layer synchronisation.
+        forward pass stays free of per-layer synchronisation; nothing here writes
+        shared state either, so calls on several threads can run at once.
+
+        Precision: each matmul accumulates in float32 (CPU and CUDA kernels do for
+        half types) and rounds once; the scale is kept in float32 and applied to h
+        in float32, so h is rounded once more, and the fused baddbmm rounds the sum
+        into the output once. The single-adapter path rounds once more (A, B, scale, sum).
         """
         rows = x.shape[0]
-        known = self.routing._next_id  # every row id handed out so far is < known
-        in_use = self.routing.row_names
+        row_ids, in_use = route.row_ids, route.row_names
+        assert row_ids is not None  # forward sends only mixed routes here
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
@@ -245,11 +260,10 @@ class LoraAdapters(nn.Module):
             if len(self.packs) > 1 and in_use is not None and pack.used.keys().isdisjoint(in_use):
                 continue  # no row of this batch uses an adapter of this rank here
             table = self._slot_tables[rank]
-            if table.numel() < known:  # adapters added elsewhere since: cover their ids (as slot 0)
-                self._set_slot(rank, known - 1, 0)
-                table = self._slot_tables[rank]
+            if table.numel() < self.routing.id_capacity:  # not grown with the ids (never, normally):
+                table = F.pad(table, (0, self.routing.id_capacity - table.numel()))  # slot 0, no write
             slots = table.index_select(0, row_ids)  # (rows,)
-            scale = pack.scale.index_select(0, slots)  # (rows,)
+            scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
             if self.kind == "embedding":
                 # At: (cap, V, r); row x[b, t] of row b's At -> (rows, T, r)
@@ -263,16 +277,18 @@ class LoraAdapters(nn.Module):
             else:
                 At = pack.At.index_select(0, slots)  # (rows, in, r)
                 h = torch.bmm(x.reshape(rows, -1, self.in_features).to(At.dtype), At)  # (rows, T, r)
-            h = h.reshape(rows, -1, rank) * scale.view(-1, 1, 1)  # (rows, T, r)
+            scale = scale.view(-1, 1, 1)  # (rows, 1, 1)
             if one_token:
                 # Row b's output is the h[b]-weighted sum of the r rows of its Bt slot:
                 # embedding_bag over Bt viewed as (cap * r, out).
                 rows_of_B = slots.view(-1, 1) * rank + torch.arange(rank, device=slots.device)  # (rows, r)
                 part = F.embedding_bag(rows_of_B, pack.Bt.view(-1, self.out_features),
-                                       per_sample_weights=h.view(rows, rank), mode="sum")  # (rows, out)
+                                       per_sample_weights=h.reshape(rows, rank), mode="sum")  # (rows, out)
                 part = part.view(rows, 1, self.out_features)
-                out = out.add_(part) if inplace else out + part.to(out.dtype)
+                # Scaled in float32 inside the add: one rounding for scale and sum together.
+                out = out.addcmul_(part, scale) if inplace else torch.addcmul(out, part, scale).to(out.dtype)
             else:
+                h = (h.reshape(rows, -1, rank) * scale).to(pack.dtype)  # (rows, T, r), scaled in float32
                 Bt = pack.Bt.index_select(0, slots)  # (rows, r, out)
                 if inplace:
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
@@ -299,15 +315,15 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        weight = self.base.weight
-        merged = weight + sum(self.delta_weight(n) for n in todo).to(weight.dtype)
+        weight = self.base_weight
+        merged = weight + torch.stack([self.delta_weight(n) for n in todo]).sum(0).to(weight.dtype)
         return bool(torch.isfinite(merged).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
-        weight = self.base.weight
+        weight = self.base_weight
         for name in todo:
             weight.add_(self.delta_weight(name).to(weight.dtype))
             self.merged.append(name)
@@ -316,7 +332,7 @@ class LoraAdapters(nn.Module):
     @torch.no_grad()
     def unmerge(self, names: list[str] | None = None) -> None:
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
-        weight = self.base.weight
+        weight = self.base_weight
         for name in reversed(names):
             weight.sub_(self.delta_weight(name).to(weight.dtype))
             self.merged.remove(name)

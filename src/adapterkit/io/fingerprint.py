@@ -6,9 +6,19 @@ outputs are quietly wrong. The fingerprint tells them apart: it hashes the
 architecture, the shape of every module an adapter can target, and a fixed,
 deterministic sample of the weights.
 
-The sample is rounded to bfloat16 before hashing so that the same base loaded
-in float32, bfloat16 or float16 (as from a GGUF dequantised to float32) gives
-the same fingerprint. Cost: a few thousand scalars read, whatever the model size.
+The same base loaded in float32, bfloat16 or float16 (as from a GGUF dequantised
+to float32) must give the same fingerprint, so only the *sign bit* of each sampled
+weight is hashed: rounding to nearest never changes a sign, in any of those types.
+Any rounding of the values themselves would not do: whatever the grid, some values
+sit near one of its boundaries, and converting to float16 first moves them across
+it (rounding float32 to bfloat16 directly and through float16 disagrees on about
+1 value in 16, so a sample of thousands always differed). A few thousand sign bits
+still tell two bases apart, a chat variant from its base included: fine-tuning flips
+the signs of the many weights near zero. Cost: a few thousand scalars read, whatever
+the model size.
+
+Fingerprints recorded before (bfloat16-rounded values, `legacy_digest`) still match
+the same base loaded in the same dtype: see `BaseFingerprint.matches`.
 """
 
 from __future__ import annotations
@@ -32,12 +42,16 @@ class BaseFingerprint:
     shapes_sha256: str
     weights_sha256: str
     name: str = ""
+    legacy_digest: str = ""  # what this base's fingerprint was before signs were hashed
+
+    def matches(self, recorded: BaseFingerprint) -> bool:
+        """Is `recorded` (read from a file) this base's fingerprint, current or legacy?"""
+        return recorded.digest in (self.digest, self.legacy_digest)
 
     @property
     def digest(self) -> str:
         """One short string for both hashes: what stores and metadata compare."""
-        combined = hashlib.sha256((self.shapes_sha256 + self.weights_sha256).encode()).hexdigest()
-        return combined[:32]
+        return _digest(self.shapes_sha256, self.weights_sha256)
 
     def to_metadata(self) -> dict[str, str]:
         """Entries for a safetensors header (all values must be strings)."""
@@ -76,6 +90,10 @@ class _RecordedFingerprint(BaseFingerprint):
         return self.recorded_digest
 
 
+def _digest(shapes_sha256: str, weights_sha256: str) -> str:
+    return hashlib.sha256((shapes_sha256 + weights_sha256).encode()).hexdigest()[:32]
+
+
 def _architecture(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     archs = getattr(config, "architectures", None)
@@ -89,14 +107,17 @@ def _base_name(model: nn.Module) -> str:
     return str(getattr(config, "name_or_path", "") or "")
 
 
-def _sample(tensor: torch.Tensor) -> bytes:
+def _sample(tensor: torch.Tensor) -> tuple[bytes, bytes]:
+    """(sign bits, legacy bfloat16-rounded values) of a fixed sample of the tensor."""
     flat = tensor.detach().reshape(-1)
     count = min(_SAMPLES_PER_TENSOR, flat.numel())
     # Evenly spaced indices: deterministic, and they cover the whole tensor.
     # float64: in float32, numel - 1 rounds up past the end for tensors over 2**24 elements.
     index = torch.linspace(0, flat.numel() - 1, count, dtype=torch.float64, device=flat.device).long()
-    values = flat.index_select(0, index).to(torch.float32).to(torch.bfloat16).to(torch.float32)
-    return values.cpu().numpy().tobytes()
+    values = flat.index_select(0, index)
+    signs = torch.signbit(values).cpu().numpy().tobytes()
+    legacy = values.to(torch.float32).to(torch.bfloat16).to(torch.float32).cpu().numpy().tobytes()
+    return signs, legacy
 
 
 def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> BaseFingerprint:
@@ -111,7 +132,7 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         weight = getattr(module, "weight", None)
         if kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
             shapes.update(json.dumps([name, kind, list(weight.shape)]).encode())
-    weights = hashlib.sha256()
+    weights, legacy = hashlib.sha256(), hashlib.sha256()
     params = [
         (name, p)
         for name, p in model.named_parameters(remove_duplicate=True)
@@ -122,11 +143,16 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
     for name, param in params[::stride]:
         if param.device.type == "meta":
             continue
+        signs, rounded = _sample(param)
         weights.update(name.encode())
-        weights.update(_sample(param))
+        weights.update(signs)
+        legacy.update(name.encode())
+        legacy.update(rounded)
+    shapes_sha256 = shapes.hexdigest()
     return BaseFingerprint(
         architecture=_architecture(model),
-        shapes_sha256=shapes.hexdigest(),
+        shapes_sha256=shapes_sha256,
         weights_sha256=weights.hexdigest(),
         name=_base_name(model),
+        legacy_digest=_digest(shapes_sha256, legacy.hexdigest()),
     )

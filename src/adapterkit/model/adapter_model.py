@@ -28,6 +28,7 @@ from adapterkit.core.injection import (
 from adapterkit.core.layer import AdapterRouting
 from adapterkit.core.targeting import find_targets
 from adapterkit.errors import (
+    AdapterCapacityError,
     AdapterExistsError,
     AdapterStateError,
     BaseModelMismatchError,
@@ -91,6 +92,8 @@ class AdapterModel(nn.Module):
         key = json.dumps([config.target_modules, config.exclude_modules, config.layers_to_transform,
                           config.layers_pattern, config.modules_to_save, config.task_type], sort_keys=True)
         if key not in self._target_cache:
+            if len(self._target_cache) >= 64:  # bounded: a server may see thousands of recipes
+                del self._target_cache[next(iter(self._target_cache))]
             modules = self._module_walk()
             self._target_cache[key] = (find_targets(self.model, config, modules),
                                        resolve_saved_modules(self.model, config, modules))
@@ -256,6 +259,7 @@ class AdapterModel(nn.Module):
                     swap_out_modules_to_save(self.model, path)
         if tree_changed:  # else other adapters still hold every module: the cached walk stays valid
             self._structure_changed()
+        self.routing.release(adapter_name)  # no module maps its row id now: the next adapter reuses it
         self._ownership.pop(adapter_name, None)
         del self.peft_config[adapter_name]
         self._trainable.pop(adapter_name, None)
@@ -263,6 +267,14 @@ class AdapterModel(nn.Module):
         if not remaining and self.peft_config:
             remaining = (next(iter(self.peft_config)),)
         self._activate(remaining)
+
+    def reserve_adapter_slots(self, adapters: int) -> None:
+        """Make room now for `adapters` resident adapters, so loads up to that many never
+        reallocate a pack (a stall that grows with the number resident). See AdapterRouting.reserve."""
+        if isinstance(adapters, bool) or not isinstance(adapters, int) or adapters < 0:
+            raise AdapterCapacityError(
+                f"reserve_adapter_slots takes a number of adapters (an int >= 0), got {adapters!r}.")
+        self.routing.reserve(adapters)
 
     @contextlib.contextmanager
     def disable_adapter(self):
@@ -372,7 +384,7 @@ class AdapterModel(nn.Module):
             self._activate(was_active)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
-        if recorded is None or recorded.digest == self.base_fingerprint.digest:
+        if recorded is None or self.base_fingerprint.matches(recorded):
             return
         message = (
             f"{path} was trained on base {recorded.describe()}, but this model is "
@@ -481,6 +493,7 @@ class AdapterModel(nn.Module):
         self._trainable.clear()
         self._ownership.clear()
         self.routing.active = ()
+        self.routing.release_all()
         return self.model
 
     def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None,

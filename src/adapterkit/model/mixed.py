@@ -2,6 +2,9 @@
 
 The names become one tensor of row ids for the duration of the call; every
 adapted module gathers its per-row factors from it (core.layer._mixed_delta).
+The call's routing is private to the calling thread / asyncio task (a context
+variable, see core.routing): nothing shared is written, so several threads can
+run their own batches on one model at once.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 
 import torch
 
+from adapterkit.core.routing import BASE_ID, AdapterRouting, Route
 from adapterkit.errors import AdapterStateError, UnknownAdapterError
 
 BASE_ROW = "__base__"
@@ -40,30 +44,24 @@ def mixed_rows(model, adapter_names: list[str], rows: int | None):
     if model.training:
         raise AdapterStateError("Mixed-adapter batches are for inference; call model.eval() first.")
     routing = model.routing
-    distinct = set(adapter_names)
+    with routing.call(route_for(routing, adapter_names, _first_device(model))):
+        yield
+
+
+def route_for(routing: AdapterRouting, adapter_names: list[str], device: torch.device) -> Route:
+    """The Route that runs row i with adapter_names[i] (names already checked).
+
+    Named rows run their adapters even under disable_adapters(), and base rows never
+    run one: the call says exactly what each row uses, whatever the model-wide state.
+    """
+    distinct = frozenset(adapter_names)
     if len(distinct) == 1:
         # Every row shares one adapter (or none): the single-adapter path gives the same
         # numbers without gathering per-row factors.
         (only,) = distinct
-        saved = routing.active, routing.disabled
-        routing.active, routing.disabled = ((), True) if only == BASE_ROW else ((only,), False)
-        try:
-            yield
-        finally:
-            routing.active, routing.disabled = saved
-        return
-    ids = [0 if n == BASE_ROW else routing.ids[n] for n in adapter_names]
-    # Named rows run their adapters even under disable_adapters(), as on the uniform path above.
-    disabled = routing.disabled
-    routing.row_ids = torch.tensor(ids, dtype=torch.long, device=_first_device(model))
-    routing.row_names = frozenset(distinct)
-    routing.disabled = False
-    try:
-        yield
-    finally:
-        routing.row_ids = None
-        routing.row_names = None
-        routing.disabled = disabled
+        return Route(active=(), disabled=True) if only == BASE_ROW else Route(active=(only,))
+    ids = [BASE_ID if n == BASE_ROW else routing.ids[n] for n in adapter_names]
+    return Route(row_ids=torch.tensor(ids, dtype=torch.long, device=device), row_names=distinct)
 
 
 def _first_device(model) -> torch.device:

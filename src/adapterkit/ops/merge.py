@@ -6,12 +6,13 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from adapterkit.core.injection import lora_modules
 from adapterkit.core.merge import merged_state_dict
-from adapterkit.errors import NaNInMergeError
+from adapterkit.errors import NaNInMergeError, UnknownAdapterError
 from adapterkit.model.adapter_model import AdapterModel
 from adapterkit.model.state import saved_wrappers
 
@@ -30,15 +31,33 @@ def _base_keys(state: dict[str, torch.Tensor], base, names: list[str]) -> dict[s
     return state
 
 
+def _adapters_to_merge(model: AdapterModel, adapter_names: list[str] | str | None) -> list[str]:
+    """The names to fold in, all loaded: a misspelt name would otherwise export the plain base."""
+    if isinstance(adapter_names, str):
+        adapter_names = [adapter_names]
+    names = list(adapter_names) if adapter_names else list(model.active_adapters)
+    loaded = sorted(model.peft_config)
+    if not names:
+        raise UnknownAdapterError(
+            f"No adapter to merge: none is active and adapter_names is empty; loaded adapters: {loaded}. "
+            "Name the adapters to merge with adapter_names=[...].")
+    unknown = [n for n in names if n not in model.peft_config]
+    if unknown:
+        raise UnknownAdapterError(
+            f"Cannot export {unknown} merged: no adapter of that name is loaded; loaded adapters: {loaded}. "
+            "Check the spelling, or load it first with load_adapter(path, adapter_name=...).")
+    return names
+
+
 def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_names: list[str] | None = None,
                   safe_merge: bool = True) -> Path:
     """Save base + adapters (default: the active ones) merged, as a folder that
     transformers loads on its own. The merge is computed on a copy of the state
     dict: the live model and its adapters are left exactly as they were."""
+    names = _adapters_to_merge(model, adapter_names)  # before anything is written
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    names = adapter_names or list(model.active_adapters)
     base = model.get_base_model()
     original = base.state_dict()
     state = _base_keys(merged_state_dict(original, lora_modules(base), names), base, names)
@@ -52,12 +71,13 @@ def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_
         if broken:
             raise NaNInMergeError(f"Merging {names} puts NaN or inf into {broken[:3]}; nothing was written. "
                                   "Check the adapter weights (diverged training?).")
-    config = getattr(base, "config", None)
+    config: Any = getattr(base, "config", None)
     was_tied = getattr(config, "tie_word_embeddings", None)
+    save_pretrained: Any = base.save_pretrained  # a transformers model's
     try:
         if untie and was_tied:
             config.tie_word_embeddings = False
-        base.save_pretrained(staging, state_dict=state)
+        save_pretrained(staging, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if out.exists():

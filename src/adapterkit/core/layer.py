@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterkit.core import dora
+from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
 
-__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "lora_scale"]
+__all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "adapter_tensor_shapes", "lora_scale"]
 
 
 @dataclass
@@ -32,6 +34,7 @@ class _AdapterInfo:
     rank: int
     scale: float
     dropout: float
+    dora: bool = False  # a DoRA adapter: a magnitude per output feature too (core/dora.py)
 
 
 class AdapterParameters(nn.Module):
@@ -73,22 +76,30 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
+def adapter_tensor_shapes(kind: ModuleKind, module: nn.Module, rank: int, use_dora: bool) -> dict[str, tuple[int, ...]]:
+    """The tensors an adapter has at a module, by role ("A", "B", "M": io.keys' factor names),
+    with their shapes. With `LoraAdapters.tensors_of`, the one owner of this fact: save, load,
+    verify and inspect all go through these two."""
+    in_f, out_f = kind.features(module)
+    shapes: dict[str, tuple[int, ...]] = {"A": (rank, in_f), "B": (out_f, rank)}
+    if use_dora:
+        shapes["M"] = (out_f,)
+    return shapes
+
+
 class LoraAdapters(nn.Module):
-    def __init__(self, base: nn.Module, kind: str, routing: AdapterRouting) -> None:
+    def __init__(self, base: nn.Module, kind: ModuleKind, routing: AdapterRouting) -> None:
         super().__init__()
         self.kind = kind
         self.routing = routing
         self.lora_A = AdapterParameters()
         self.lora_B = AdapterParameters()
+        self.lora_magnitude_vector = AdapterParameters()  # DoRA adapters only (dora.MAGNITUDE_ATTR)
+        # DoRA adapter -> the weight norm of its merge, which its unmerge needs back.
+        self._dora_norms: dict[str, torch.Tensor] = {}
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
-        weight = self._weight_of(base)
-        if kind == "linear":
-            self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
-        elif kind == "conv1d":  # transformers' Conv1D stores W as (in, out)
-            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
-        else:  # embedding: (num_embeddings, embedding_dim)
-            self.in_features, self.out_features = int(weight.shape[0]), int(weight.shape[1])
+        self.in_features, self.out_features = kind.features(base)
         self.info: dict[str, _AdapterInfo] = {}
         self.merged: list[str] = []
         self.packs: dict[int, RankPack] = {}
@@ -118,20 +129,25 @@ class LoraAdapters(nn.Module):
 
     # --- adding and removing adapters --------------------------------------
     def add(self, name: str, rank: int, alpha: float, dropout: float, use_rslora: bool,
-            init: bool | str | None = True, trainable: bool = True) -> None:
-        """Add adapter `name`. `init=None` leaves the factors unwritten, for a caller
-        (a validated load) that writes every one of them next."""
+            init: bool | str | None = True, trainable: bool = True, use_dora: bool = False) -> None:
+        """Add adapter `name`. `init=None` leaves the factors (and a DoRA magnitude) unwritten,
+        for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
         weight = self.base_weight
         pack = self.packs.get(rank)
         if pack is None:
-            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features,
-                                               weight.device, weight.dtype, self.routing.reserved_slots + 1)
+            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, weight.device,
+                                               self.kind.factor_dtype(self.base), self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
-        self.info[name] = _AdapterInfo(rank, scale, dropout)
+        self.info[name] = _AdapterInfo(rank, scale, dropout, use_dora)
+        if use_dora:
+            assert not self.kind.indexed, "callers refuse DoRA on embeddings"
+            self.lora_magnitude_vector[name] = nn.Parameter(
+                torch.zeros(self.out_features, device=weight.device, dtype=self.kind.factor_dtype(self.base)),
+                requires_grad=trainable)
         self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
             self.reset(name, init)
@@ -146,6 +162,8 @@ class LoraAdapters(nn.Module):
         # (AdapterModel.delete_adapter releases it): this module must map it to no slot.
         self._set_slot(info.rank, self.routing.ids[name], 0)
         del self.lora_A[name], self.lora_B[name]
+        if info.dora:
+            del self.lora_magnitude_vector[name]
         if not pack.used:
             # An empty pack has no parameter to take a later .to()'s device and dtype from;
             # drop it, and a later adapter of this rank gets a fresh one beside the base weight.
@@ -155,7 +173,7 @@ class LoraAdapters(nn.Module):
     def reset(self, name: str, init: bool | str = True) -> None:
         """PEFT's initialisations, so a fresh adapter behaves the same in both."""
         A, B = self.lora_A[name], self.lora_B[name]
-        if self.kind == "embedding":
+        if self.kind.indexed:
             if init is False:
                 nn.init.normal_(A)
                 nn.init.normal_(B)
@@ -171,6 +189,15 @@ class LoraAdapters(nn.Module):
             nn.init.kaiming_uniform_(B, a=math.sqrt(5))
         else:
             nn.init.zeros_(B)
+        if self.info[name].dora:
+            self.reset_magnitude(name)
+
+    @torch.no_grad()
+    def reset_magnitude(self, name: str) -> None:
+        """m = ‖W + s·B·A‖ per output row, so a DoRA adapter starts as its plain LoRA does."""
+        info = self.info[name]
+        self.lora_magnitude_vector[name].copy_(
+            dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], info.scale))
 
     def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
         table = self._slot_tables.get(rank)
@@ -193,12 +220,23 @@ class LoraAdapters(nn.Module):
                 grown[: table.numel()] = table
                 self._slot_tables[rank] = grown
 
+    def tensors_of(self, name: str) -> dict[str, nn.Parameter]:
+        """Adapter `name`'s tensors here, by role (see adapter_tensor_shapes)."""
+        tensors = {"A": self.lora_A[name], "B": self.lora_B[name]}
+        if self.info[name].dora:
+            tensors["M"] = self.lora_magnitude_vector[name]
+        return tensors
+
     def has(self, name: str) -> bool:
         return name in self.info
 
     def is_noop(self, name: str) -> bool:
-        """True while the adapter cannot change outputs (B or A all zero)."""
-        return bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
+        """True while the adapter cannot change outputs (B or A all zero; for DoRA, m = ‖W‖ too)."""
+        lora_noop = bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
+        if not lora_noop or not self.info[name].dora:
+            return lora_noop
+        norm = dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], 0.0)
+        return bool(torch.equal(self.lora_magnitude_vector[name].detach(), norm.to(self.lora_magnitude_vector[name].dtype)))
 
     # --- device moves -------------------------------------------------------
     def _apply(self, fn, recurse=True):
@@ -218,15 +256,22 @@ class LoraAdapters(nn.Module):
             return result
         if route.row_ids is not None:
             return self._mixed_delta(x, route, result)
+        base_out = result
         for name in route.active:
             if name in self.info and name not in self.merged:
-                result = result + self._delta(name, x).to(result.dtype)
+                result = result + self._delta(name, x, base_out).to(result.dtype)
         return result
 
-    def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _base_without_bias(self, base_out: torch.Tensor) -> torch.Tensor:
+        bias = getattr(self.base, "bias", None)
+        return base_out if bias is None else base_out - bias
+
+    def _delta(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """`base_out`: the base layer's output for x, which DoRA reuses as W x (as PEFT does)
+        where no dropout separates the two."""
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
-        if self.kind == "embedding":
+        if self.kind.indexed:
             base = cast(nn.Embedding, self.base)
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
@@ -235,7 +280,39 @@ class LoraAdapters(nn.Module):
         # the model's modules (and so every load) slower as adapters accumulate.
         # x may sit elsewhere when accelerate's device_map hooks move inputs inside forward.
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
-        return F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
+        out = F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
+        if self.info[name].dora:
+            same_x = not self.training or self.info[name].dropout == 0
+            wx = self._base_without_bias(base_out) if base_out is not None and same_x else None
+            out = out + self._dora_correction(name, x, out, wx)
+        return out
+
+    def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor,
+                         base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """DoRA's output on top of its plain LoRA output `lora_out` (see core/dora.py).
+        `base_out` (W x, bias excluded) is computed from x when not given."""
+        dense = self.kind.dense_weight(self.base)
+        norm = dora.weight_norm(dense, self.lora_A[name], self.lora_B[name], self.info[name].scale)
+        magnitude = self.lora_magnitude_vector[name]
+        return dora.correction(x, dense, lora_out, magnitude, norm, base_out).to(lora_out.dtype)
+
+    def _mixed_dora(self, x: torch.Tensor, route: Route, out: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """Add the DoRA correction to the rows of DoRA adapters (their plain LoRA part already
+        came through the gathered path). Reads which rows use them: only when DoRA is here."""
+        assert route.row_ids is not None
+        rows_of = {self.routing.ids[n]: n for n, info in self.info.items() if info.dora and n not in self.merged}
+        for row_id in route.row_ids.unique().tolist():
+            name = rows_of.get(row_id)
+            if name is None:
+                continue
+            rows = (route.row_ids == row_id).nonzero().squeeze(1)
+            A, B = self.lora_A[name], self.lora_B[name]
+            xr = x.index_select(0, rows).to(A.dtype)
+            lora_out = F.linear(F.linear(xr, A), B) * self.info[name].scale  # (k, ..., out)
+            base_rows = self._base_without_bias(base_out.index_select(0, rows)).reshape(lora_out.shape)
+            fix = self._dora_correction(name, xr, lora_out, base_rows).reshape(rows.numel(), -1, self.out_features)
+            out = out.index_add(0, rows, fix.to(out.dtype))
+        return out
 
     def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
@@ -254,6 +331,8 @@ class LoraAdapters(nn.Module):
         row_ids, in_use = route.row_ids, route.row_names
         assert row_ids is not None  # forward sends only mixed routes here
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
+        # DoRA rows reuse the base output as W x (as PEFT does); it is about to be added to in place.
+        base_out = out.clone() if self.lora_magnitude_vector else out
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
@@ -265,7 +344,7 @@ class LoraAdapters(nn.Module):
             slots = table.index_select(0, row_ids)  # (rows,)
             scale = pack.scale.index_select(0, slots)  # (rows,), float32
             one_token = out.shape[1] == 1  # decode: factors are read in place, not gathered
-            if self.kind == "embedding":
+            if self.kind.indexed:
                 # At: (cap, V, r); row x[b, t] of row b's At -> (rows, T, r)
                 h = pack.At[slots.view(-1, *([1] * (x.dim() - 1))), x].reshape(rows, -1, rank)
             elif one_token:
@@ -294,6 +373,8 @@ class LoraAdapters(nn.Module):
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
                 else:
                     out = out + torch.bmm(h, Bt).to(out.dtype)
+        if self.lora_magnitude_vector:
+            out = self._mixed_dora(x, route, out, base_out)
         return out.view_as(result)
 
     def packs_dtype(self) -> torch.dtype:
@@ -304,10 +385,31 @@ class LoraAdapters(nn.Module):
         """s · B A laid out like the base weight."""
         A, B = self.lora_A[name].detach(), self.lora_B[name].detach()
         delta = (B @ A) * self.info[name].scale  # (out, r) @ (r, in) -> (out, in)
-        return delta if self.kind == "linear" else delta.T  # Conv1D: (in, out); Embedding: (V, dim)
+        return self.kind.to_weight_layout(delta)  # Conv1D: (in, out); Embedding: (V, dim)
 
     def _pending(self, names: list[str]) -> list[str]:
         return [n for n in names if n in self.info and n not in self.merged]
+
+    @torch.no_grad()
+    def merged_weight(self, weight: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in order.
+        Plain LoRA adds s·B·A; DoRA rescales (core/dora.py)."""
+        merged = weight.clone()
+        for name in names:
+            self._merge_one(merged, name)
+        return merged
+
+    def _merge_one(self, weight: torch.Tensor, name: str) -> torch.Tensor | None:
+        """Merge `name` into `weight` in place; for DoRA, return the norm its unmerge needs."""
+        delta = self.delta_weight(name)
+        if not self.info[name].dora:
+            weight.add_(delta.to(weight.device, weight.dtype))
+            return None
+        layout = self.kind.to_weight_layout  # its own inverse: (out, in) <-> the stored layout
+        new, norm = dora.merge(layout(weight), layout(delta).to(weight.device),
+                               self.lora_magnitude_vector[name].detach().to(weight.device))
+        weight.copy_(layout(new))
+        return norm
 
     @torch.no_grad()
     def merge_is_finite(self, names: list[str]) -> bool:
@@ -315,28 +417,50 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        weight = self.base_weight
-        merged = weight + torch.stack([self.delta_weight(n) for n in todo]).sum(0).to(weight.dtype)
-        return bool(torch.isfinite(merged).all())
+        return bool(torch.isfinite(self.merged_weight(self.base_weight, todo)).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
+        assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
         weight = self.base_weight
         for name in todo:
-            weight.add_(self.delta_weight(name).to(weight.dtype))
+            norm = self._merge_one(weight, name)
+            if norm is not None:
+                self._dora_norms[name] = norm
             self.merged.append(name)
         return todo
 
     @torch.no_grad()
     def unmerge(self, names: list[str] | None = None) -> None:
+        """Undo merges, newest first. DoRA's merge is not additive, so unmerging one adapter
+        also unmerges (and then re-merges) the adapters merged after it."""
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
+        if not names:
+            return
         weight = self.base_weight
-        for name in reversed(names):
-            weight.sub_(self.delta_weight(name).to(weight.dtype))
+        first = min(self.merged.index(n) for n in names)
+        later = self.merged[first:]
+        if not any(self.info[n].dora for n in later):  # additive: subtract just these
+            for name in reversed(names):
+                weight.sub_(self.delta_weight(name).to(weight.dtype))
+                self.merged.remove(name)
+            return
+        remerge = [n for n in later if n not in names]
+        for name in reversed(later):
+            delta = self.delta_weight(name)
+            if self.info[name].dora:
+                layout = self.kind.to_weight_layout
+                restored = dora.unmerge(layout(weight), layout(delta).to(weight.device),
+                                        self.lora_magnitude_vector[name].detach().to(weight.device),
+                                        self._dora_norms.pop(name))
+                weight.copy_(layout(restored))
+            else:
+                weight.sub_(delta.to(weight.dtype))
             self.merged.remove(name)
+        self.merge(remerge)
 
     def extra_repr(self) -> str:
         ranks = {n: i.rank for n, i in self.info.items()}
-        return f"kind={self.kind}, adapters={ranks}, merged={self.merged}"
+        return f"kind={self.kind.name}, adapters={ranks}, merged={self.merged}"

@@ -21,7 +21,5 @@ def merged_state_dict(state: dict[str, torch.Tensor], loras: dict[str, LoraAdapt
         if not names:
             continue
         key = f"{path}.weight" if path else "weight"
-        weight = merged[key]
-        delta = sum(lora.delta_weight(n) for n in names)
-        merged[key] = (weight + delta.to(weight.device, weight.dtype)).detach()  # a new tensor, W untouched
+        merged[key] = lora.merged_weight(merged[key], names).detach()  # a new tensor, W untouched
     return merged

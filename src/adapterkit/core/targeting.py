@@ -19,24 +19,15 @@ from torch import nn
 
 from adapterkit.core.config import LoraConfig
 from adapterkit.core.injection import ModulesToSave, walk
+from adapterkit.core.kinds import EMBEDDING, ModuleKind, kind_of
 from adapterkit.errors import TargetModulesError
 
 ALL_LINEAR = "all-linear"
 
 
-def module_kind(module: nn.Module) -> str | None:
-    """'linear', 'conv1d' or 'embedding' for modules LoRA can adapt, else None.
-
-    transformers' Conv1D (GPT-2) is recognised by name and shape attributes so
-    that this module never imports transformers.
-    """
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight"):
-        return "conv1d"
-    return None
+def module_kind(module: nn.Module) -> ModuleKind | None:
+    """The kind of a module LoRA can adapt (core.kinds), else None."""
+    return kind_of(module)
 
 
 def _matches_name(pattern: list[str] | str, name: str) -> str | None:
@@ -74,7 +65,7 @@ def _output_head_names(model: nn.Module, modules) -> set[str]:
 class TargetedModule:
     name: str
     module: nn.Module
-    kind: str
+    kind: ModuleKind
 
 
 def find_targets(model: nn.Module, config: LoraConfig,
@@ -98,8 +89,9 @@ def find_targets(model: nn.Module, config: LoraConfig,
         kind = module_kind(module)
         if not name or kind is None or name in inside_saved:
             continue
+        entry: str | None
         if target == ALL_LINEAR:
-            if kind == "embedding" or name in head_names:
+            if kind is EMBEDDING or name in head_names:
                 continue
             entry = ALL_LINEAR
         else:
@@ -114,7 +106,8 @@ def find_targets(model: nn.Module, config: LoraConfig,
         if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
             continue
         if config.layers_to_transform is not None and not isinstance(target, str):
-            if _layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+            layers = config.layers_to_transform  # LoraConfig made an int a list
+            if _layer_index(name, config.layers_pattern) not in (layers if isinstance(layers, list) else [layers]):
                 continue
         found.append(TargetedModule(name, module, kind))
     _check_coverage(model, config, found, used_entries)

@@ -119,7 +119,7 @@ def run_demo(quick: bool = False, workdir: str | Path | None = None, base: str =
     # 4 -------------------------------------------------------------------------------------
     section(4, "Save only the adapters")
     saved = wrapped.save_pretrained(workdir / "adapters")
-    rows = []
+    rows: list[list[object]] = []
     for outcome in result.outcomes:
         folder = saved / outcome.name
         outcome.adapter_bytes = sum(f.stat().st_size for f in folder.iterdir())

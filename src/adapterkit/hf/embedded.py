@@ -68,7 +68,7 @@ def _convert(gguf: Path, out: Path) -> None:
         bar.update()
         # The weights are now plain float32; drop the GGUF quantizer so that
         # transformers saves (and later loads) them as an unquantized model.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # a transformers attribute torch's stubs do not know
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config._name_or_path = EMBEDDED_NAME

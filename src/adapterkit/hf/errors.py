@@ -11,3 +11,7 @@ class BaseModelNotFoundError(AdapterError, FileNotFoundError):
 
 class HubUnreachableError(AdapterError, OSError):
     """A hub id was given, the Hugging Face Hub cannot be reached, and no local copy exists."""
+
+
+class QuantizationUnavailableError(AdapterError, ValueError):
+    """load_base(quantization=...) names an unknown scheme, or bitsandbytes is not installed."""

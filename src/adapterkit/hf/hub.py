@@ -35,14 +35,15 @@ def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def load_from_hub(repo_id: str, dtype: torch.dtype):
-    """(model, tokenizer) for `repo_id`; offline, only what the local HF cache already holds."""
+def load_from_hub(repo_id: str, dtype: torch.dtype, **extra):
+    """(model, tokenizer) for `repo_id`; offline, only what the local HF cache already holds.
+    `extra` goes to from_pretrained (a quantization_config, say)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline = not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **extra)
     except OSError as err:
         if not offline:
             raise

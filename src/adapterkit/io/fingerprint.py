@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapterkit.core.kinds import CONV1D, LINEAR, QUANTIZED_LINEAR, kind_of, quantization_of
+
 # Scalars sampled per parameter, and parameters sampled in all.
 _SAMPLES_PER_TENSOR = 64
 _MAX_TENSORS = 64
@@ -43,10 +45,22 @@ class BaseFingerprint:
     weights_sha256: str
     name: str = ""
     legacy_digest: str = ""  # what this base's fingerprint was before signs were hashed
+    # "" for a float base, else its bitsandbytes scheme ("nf4", "fp4+dq", "int8"; several joined by ",")
+    quantization: str = ""
+    # The sign sample of every parameter outside Linear / Conv1D weights (embeddings, norms,
+    # biases): quantizing leaves those as they were, so a base and its quantized self share it.
+    dense_sha256: str = ""
 
     def matches(self, recorded: BaseFingerprint) -> bool:
-        """Is `recorded` (read from a file) this base's fingerprint, current or legacy?"""
-        return recorded.digest in (self.digest, self.legacy_digest)
+        """Is `recorded` (read from a file) this base's fingerprint, current or legacy, or the
+        same base quantized differently (see `same_base_other_quantization`)?"""
+        return recorded.digest in (self.digest, self.legacy_digest) or self.same_base_other_quantization(recorded)
+
+    def same_base_other_quantization(self, recorded: BaseFingerprint) -> bool:
+        """The same architecture, shapes and unquantized weights, quantized differently (an adapter
+        trained with QLoRA on the nf4 base, loaded onto the float base, say)."""
+        return (bool(self.dense_sha256) and recorded.dense_sha256 == self.dense_sha256
+                and recorded.shapes_sha256 == self.shapes_sha256 and recorded.quantization != self.quantization)
 
     @property
     def digest(self) -> str:
@@ -60,6 +74,8 @@ class BaseFingerprint:
             "adapterkit.base.fingerprint": self.digest,
             "adapterkit.base.shapes_sha256": self.shapes_sha256,
             "adapterkit.base.name": self.name,
+            "adapterkit.base.quantization": self.quantization,
+            "adapterkit.base.dense_sha256": self.dense_sha256,
         }
 
     @classmethod
@@ -71,12 +87,15 @@ class BaseFingerprint:
             shapes_sha256=metadata.get("adapterkit.base.shapes_sha256", ""),
             weights_sha256="",
             name=metadata.get("adapterkit.base.name", ""),
+            quantization=metadata.get("adapterkit.base.quantization", ""),
+            dense_sha256=metadata.get("adapterkit.base.dense_sha256", ""),
             recorded_digest=metadata["adapterkit.base.fingerprint"],
         )
 
     def describe(self) -> str:
         label = self.name or "unnamed base"
-        return f"{label} ({self.architecture}, fingerprint {self.digest})"
+        quantized = f", quantized {self.quantization}" if self.quantization else ""
+        return f"{label} ({self.architecture}{quantized}, fingerprint {self.digest})"
 
 
 @dataclass(frozen=True)
@@ -127,16 +146,30 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
     already attached, for example).
     """
     shapes = hashlib.sha256()
+    schemes: set[str] = set()
+    matrix_weights: set[int] = set()  # ids of Linear / Conv1D weights, float or quantized
+    packed_weights: set[int] = set()
     for name, module in model.named_modules():
         kind = type(module).__name__
         weight = getattr(module, "weight", None)
-        if kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
+        module_kind = kind_of(module)
+        if module_kind in (LINEAR, CONV1D, QUANTIZED_LINEAR) and isinstance(weight, torch.Tensor):
+            matrix_weights.add(id(weight))
+        if module_kind is QUANTIZED_LINEAR:
+            # Its packed weight is left out of the weight sample: bitsandbytes repacks it in place
+            # (for its CPU kernel, at the first eval forward), which would change the digest.
+            packed_weights.add(id(weight))
+            # Hashed as the float nn.Linear it quantizes, so both have one shape hash.
+            schemes.add(quantization_of(module))
+            shapes.update(json.dumps([name, "Linear", [module.out_features, module.in_features]]).encode())
+        elif kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
             shapes.update(json.dumps([name, kind, list(weight.shape)]).encode())
     weights, legacy = hashlib.sha256(), hashlib.sha256()
     params = [
         (name, p)
         for name, p in model.named_parameters(remove_duplicate=True)
         if not any(name.startswith(prefix) for prefix in skip_prefixes) and p.numel() > 0
+        and id(p) not in packed_weights
     ]
     params.sort(key=lambda item: item[0])
     stride = max(1, len(params) // _MAX_TENSORS)
@@ -148,6 +181,11 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         weights.update(signs)
         legacy.update(name.encode())
         legacy.update(rounded)
+    dense = hashlib.sha256()
+    for name, param in params:
+        if id(param) not in matrix_weights and param.device.type != "meta":
+            dense.update(name.encode())
+            dense.update(_sample(param)[0])
     shapes_sha256 = shapes.hexdigest()
     return BaseFingerprint(
         architecture=_architecture(model),
@@ -155,4 +193,6 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         weights_sha256=weights.hexdigest(),
         name=_base_name(model),
         legacy_digest=_digest(shapes_sha256, legacy.hexdigest()),
+        quantization=",".join(sorted(schemes)),
+        dense_sha256=dense.hexdigest(),
     )

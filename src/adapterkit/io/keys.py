@@ -8,6 +8,7 @@ In memory (names relative to the user's model):
 On disk (PEFT 0.21.2, adapter name stripped; vLLM reads the same):
     base_model.model.<path>.lora_A.weight        (.lora_embedding_A for embeddings)
     base_model.model.<path>.lora_B.weight        (.lora_embedding_B)
+    base_model.model.<path>.lora_magnitude_vector    (DoRA adapters: the magnitude, (out,))
     base_model.model.<path>.<param>
     base_model.model.<path>.base_layer.bias      (a LoRA'd module: PEFT wraps it)
     base_model.model.<path>.bias                 (any other module)
@@ -23,9 +24,12 @@ from dataclasses import dataclass
 PREFIX = "base_model.model."
 
 # factor -> on-disk suffix, per module kind
+# ("M": a DoRA adapter's magnitude vector, PEFT's key for it.)
 FACTOR_SUFFIX = {
-    "linear": {"A": "lora_A.weight", "B": "lora_B.weight"},
-    "conv1d": {"A": "lora_A.weight", "B": "lora_B.weight"},
+    "linear": {"A": "lora_A.weight", "B": "lora_B.weight", "M": "lora_magnitude_vector"},
+    "conv1d": {"A": "lora_A.weight", "B": "lora_B.weight", "M": "lora_magnitude_vector"},
+    # bitsandbytes 4-bit / 8-bit
+    "quantized_linear": {"A": "lora_A.weight", "B": "lora_B.weight", "M": "lora_magnitude_vector"},
     "embedding": {"A": "lora_embedding_A", "B": "lora_embedding_B"},
 }
 SUFFIX_FACTOR = {suffix: factor for table in FACTOR_SUFFIX.values() for factor, suffix in table.items()}
@@ -39,12 +43,13 @@ WRAPPED_WEIGHT = "base_layer.weight"
 class Slot:
     """What one on-disk tensor is, in memory terms."""
 
-    role: str  # "A", "B", "saved" (a modules_to_save parameter), "bias", "base_weight" or "ignored"
+    role: str  # "A", "B", "M" (DoRA magnitude), "saved" (a modules_to_save parameter), "bias", "base_weight" or "ignored"
     module: str  # the module's path in the user's model
     param: str = ""  # for "saved": the parameter name inside the module
 
 
 def factor_key(module: str, kind: str, factor: str) -> str:
+    """`kind` is a core.kinds.ModuleKind's name."""
     return f"{PREFIX}{module}.{FACTOR_SUFFIX[kind][factor]}"
 
 

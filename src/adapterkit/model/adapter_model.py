@@ -38,8 +38,9 @@ from adapterkit.errors import (
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
-from adapterkit.model.loading import LoadPlan, plan_load, resolve_saved_modules
+from adapterkit.model.loading import LoadPlan, check_dora_targets, plan_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
+from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
 
 
@@ -177,6 +178,7 @@ class AdapterModel(nn.Module):
         peft_config.check_supported()
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self, peft_config, targets)
+        check_dora_targets(peft_config, targets)
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
             apply_base_init(self, adapter_name, peft_config, write_factors=True)
@@ -193,10 +195,11 @@ class AdapterModel(nn.Module):
                 lora = attach(target.module, target.kind, self.routing)
                 lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
                          peft_config.lora_dropout, peft_config.use_rslora,
-                         None if factors is not None else init, trainable=False)
+                         None if factors is not None else init, trainable=False,
+                         use_dora=peft_config.use_dora)
                 if factors is not None:  # one pass: no second walk to find the slots again
-                    lora.lora_A[adapter_name].copy_(factors[target.name]["A"])
-                    lora.lora_B[adapter_name].copy_(factors[target.name]["B"])
+                    for role, tensor in lora.tensors_of(adapter_name).items():
+                        tensor.copy_(factors[target.name][role])
         for path in saved:
             swap_in_modules_to_save(self.model, path, self.routing).add(adapter_name, trainable=False)
         if new_modules:
@@ -231,7 +234,7 @@ class AdapterModel(nn.Module):
             owned: list = []
             for lora in self._loras().values():
                 if lora.has(name):
-                    owned += [lora.lora_A[name], lora.lora_B[name]]
+                    owned += list(lora.tensors_of(name).values())
             owned += [w.modules_to_save[name] for w in self._saved().values() if name in w.modules_to_save]
             self._ownership[name] = owned
         return self._ownership.get(name, [])
@@ -371,6 +374,7 @@ class AdapterModel(nn.Module):
         plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
                          self._module_walk(), self._targets_for(config))
         check_base_init(self, config, plan.targets)
+        check_dora_targets(config, plan.targets)
         was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
@@ -384,6 +388,12 @@ class AdapterModel(nn.Module):
             self._activate(was_active)
 
     def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
+        if recorded is not None and self.base_fingerprint.same_base_other_quantization(recorded):
+            warnings.warn(
+                f"{path} was trained on {recorded.describe()}; this model is {self.base_fingerprint.describe()}: "
+                "the same base, quantized differently. The adapter fits; outputs differ from the training "
+                "base's by the quantization error only.", stacklevel=3)
+            return
         if recorded is None or self.base_fingerprint.matches(recorded):
             return
         message = (
@@ -460,10 +470,14 @@ class AdapterModel(nn.Module):
             warnings.warn(f"Untied {path}.weight from {sharing[0]}.weight to merge into it.", stacklevel=3)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False,
-                      untie_weights: bool = False) -> None:
-        """Fold adapters (default: the active ones) into the base weights. Idempotent."""
+                      untie_weights: bool = False, _skip_quantized: bool = False) -> None:
+        """Fold adapters (default: the active ones) into the base weights. Idempotent.
+        Refused on quantized (bitsandbytes) layers: see model/quantized.py."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         loras = self._loras()
+        if _skip_quantized:  # merge_and_unload(dequantize=True) merges those itself
+            loras = {p: lora for p, lora in loras.items() if not lora.kind.quantized}
+        refuse_quantized_merge(loras, names)  # first: nothing has changed yet
         if safe_merge:
             bad = [path for path, lora in loras.items() if not lora.merge_is_finite(names)]
             if bad:
@@ -497,10 +511,21 @@ class AdapterModel(nn.Module):
         return self.model
 
     def merge_and_unload(self, safe_merge: bool = False, adapter_names: list[str] | None = None,
-                         untie_weights: bool = False, **_ignored) -> nn.Module:
-        """Merge (default: the active adapters) and return the plain model, no adapter modules left."""
+                         untie_weights: bool = False, dequantize: bool = False, **_ignored) -> nn.Module:
+        """Merge (default: the active adapters) and return the plain model, no adapter modules left.
+
+        On a quantized base this is refused unless `dequantize=True`: then every bitsandbytes
+        layer becomes a float nn.Linear (its dequantized weight, adapters merged in) and the
+        model returned is a float model."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
-        self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
+        if dequantize:
+            replacements = dequantized_replacements(self.model, self._loras(), names, safe_merge,
+                                                    self._module_walk())
+            self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights, _skip_quantized=True)
+            swap_in_dequantized(self.model, replacements)
+            self._structure_changed()
+        else:
+            self.merge_adapter(names, safe_merge=safe_merge, untie_weights=untie_weights)
         keep = next((n for n in names if any(n in w.modules_to_save for w in self._saved().values())), None)
         return self._unload(keep)
 

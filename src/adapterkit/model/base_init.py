@@ -24,11 +24,12 @@ import torch
 
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.init import base_init_factors, residual
+from adapterkit.core.kinds import CONV1D, LINEAR
 from adapterkit.errors import AdapterStateError, WeightConversionError
 from adapterkit.io import keys
 from adapterkit.io.folder import read_adapter_folder
 
-DECOMPOSED_KINDS = ("linear", "conv1d")
+DECOMPOSED_KINDS = (LINEAR, CONV1D)  # a quantized weight is refused (see check_base_init)
 
 
 def check_base_init(model, config: LoraConfig, targets) -> None:
@@ -41,6 +42,12 @@ def check_base_init(model, config: LoraConfig, targets) -> None:
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor):
             owners.setdefault(id(weight), []).append(name)
+    quantized = [t.name for t in targets if t.kind.quantized]
+    if quantized:
+        raise AdapterStateError(
+            f"init_lora_weights={config.init_lora_weights!r} writes a residual into the base weight, but "
+            f"{quantized[:3]} are quantized (bitsandbytes) and cannot be written in place. Use "
+            "init_lora_weights=True on a quantized base, or initialise on the full-precision base.")
     for target in targets:
         if target.kind in DECOMPOSED_KINDS:
             sharing = [n for n in owners.get(id(target.module.weight), []) if n != target.name]
@@ -62,14 +69,14 @@ def apply_base_init(model, adapter_name: str, config: LoraConfig, write_factors:
             continue
         info = lora.info[adapter_name]
         stored = lora.base.weight
-        weight = stored.float() if lora.kind == "linear" else stored.float().T  # (out, in)
+        weight = stored.float() if lora.kind.weight_is_out_in else stored.float().T  # (out, in)
         scale = float(info.scale)
         A, B = base_init_factors(init, weight, info.rank, scale)
         if write_factors:
             lora.lora_A[adapter_name].copy_(A)
             lora.lora_B[adapter_name].copy_(B)
         rest = residual(weight, A, B, scale)
-        stored.copy_(rest if lora.kind == "linear" else rest.T)
+        stored.copy_(rest if lora.kind.weight_is_out_in else rest.T)
 
 
 def convert_to_plain_lora(config: LoraConfig, tensors: dict[str, torch.Tensor],

@@ -149,7 +149,7 @@ def plan_combination(model: AdapterModel, adapters, weights, adapter_name, combi
                      for n, _ in present]
             A, B = combine_factors(combination_type, parts, [w for _, w in present], new_rank, density,
                                    majority_sign_method, svd_clamp, svd_full_matrices, svd_driver,
-                                   transposed_layout=lora.kind != "linear")
+                                   transposed_layout=not lora.kind.weight_is_out_in)
             factors[target.name] = {"A": A, "B": B}
     return CombinationPlan(config, targets, saved, factors)
 
@@ -165,6 +165,11 @@ def _check_adapters_and_weights(model, adapters, weights) -> tuple[list[str], li
     bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w)]
     if bad:
         raise AdapterCombinationError(f"weights must be finite numbers; {bad} are not.")
+    dora = [a for a in adapters if a in model.peft_config and model.peft_config[a].use_dora]
+    if dora:
+        raise AdapterCombinationError(
+            f"{dora} are DoRA adapters (use_dora=True): their magnitude vectors have no weighted combination, "
+            "and combining only their A and B would silently drop them. Combine plain LoRA adapters.")
     return adapters, [float(w) for w in weights]
 
 

@@ -143,6 +143,10 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
         raise HotswapError(
             f"init_lora_weights={pissa_like[0]!r} ties an adapter to a residual base weight, which a hotswap "
             "cannot change. Swap plain LoRA adapters (convert with path_initial_model_for_weight_conversion).")
+    if old.use_dora or new.use_dora:
+        raise HotswapError(
+            f"hotswap swaps plain LoRA factors; {adapter_name!r} or {model_id} is a DoRA adapter (use_dora=True), "
+            "whose magnitude vectors are not swapped. Use load_adapter(..., overwrite=True) instead.")
     for name in ("lora_dropout", "bias"):  # PEFT refuses these too: they are not in the tensors
         if getattr(old, name) != getattr(new, name):
             raise HotswapError(

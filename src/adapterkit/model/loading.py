@@ -14,8 +14,14 @@ from torch import nn
 
 from adapterkit.core.config import TASK_HEADS, LoraConfig
 from adapterkit.core.injection import ModulesToSave, lora_modules, walk
+from adapterkit.core.layer import adapter_tensor_shapes
 from adapterkit.core.targeting import TargetedModule, find_targets
-from adapterkit.errors import AdapterKeyMismatchError, AdapterShapeMismatchError, TargetModulesError
+from adapterkit.errors import (
+    AdapterKeyMismatchError,
+    AdapterShapeMismatchError,
+    TargetModulesError,
+    UnsupportedAdapterError,
+)
 from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
 
@@ -25,7 +31,7 @@ class LoadPlan:
     targets: list[TargetedModule]
     saved_modules: list[str]
     # on-disk key -> (slot, tensor), every one checked
-    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"}
+    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"(,"M")}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
     base_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> full weight
@@ -69,13 +75,8 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
     existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
-        weight = target.module.weight
-        if target.kind == "linear":
-            in_f, out_f = weight.shape[1], weight.shape[0]
-        else:
-            in_f, out_f = weight.shape[0], weight.shape[1]
-        expected[keys.factor_key(target.name, target.kind, "A")] = (keys.Slot("A", target.name), (rank, in_f))
-        expected[keys.factor_key(target.name, target.kind, "B")] = (keys.Slot("B", target.name), (out_f, rank))
+        for role, shape in adapter_tensor_shapes(target.kind, target.module, rank, config.use_dora).items():
+            expected[keys.factor_key(target.name, target.kind.name, role)] = (keys.Slot(role, target.name), shape)
     for path in saved_modules:
         for param, tensor in _original(model, path).state_dict().items():
             expected[keys.saved_key(path, param)] = (keys.Slot("saved", path, param), tuple(tensor.shape))
@@ -172,7 +173,7 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
     plan = LoadPlan(targets, saved_modules)
     for key, (slot, _) in expected.items():
         tensor = tensors[key]
-        if slot.role in ("A", "B"):
+        if slot.role in ("A", "B", "M"):
             plan.factors.setdefault(slot.module, {})[slot.role] = tensor
         elif slot.role == "saved":
             plan.saved.setdefault(slot.module, {})[slot.param] = tensor
@@ -181,6 +182,17 @@ def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Ten
         elif slot.role == "bias":
             plan.biases[slot.module] = tensor
     return plan
+
+
+def check_dora_targets(config: LoraConfig, targets: list[TargetedModule]) -> None:
+    """use_dora=True on modules DoRA is implemented for (Linear, Conv1D, quantized Linear)."""
+    if not config.use_dora:
+        return
+    unsupported = [t.name for t in targets if t.kind.indexed]
+    if unsupported:
+        raise UnsupportedAdapterError(
+            f"use_dora=True targets embedding layer(s) {unsupported[:3]}, where adapterkit does not implement "
+            "DoRA yet. Exclude them (exclude_modules) or set use_dora=False.")
 
 
 def _base_note(config: LoraConfig, recorded: BaseFingerprint | None) -> str:

@@ -37,8 +37,8 @@ def adapter_tensors(model: nn.Module, config: LoraConfig, adapter: str) -> dict[
     loras = lora_modules(model)
     for path, lora in loras.items():
         if lora.has(adapter):
-            out[keys.factor_key(path, lora.kind, "A")] = lora.lora_A[adapter]
-            out[keys.factor_key(path, lora.kind, "B")] = lora.lora_B[adapter]
+            for role, tensor in lora.tensors_of(adapter).items():
+                out[keys.factor_key(path, lora.kind.name, role)] = tensor
     for path, wrapper in saved_wrappers(model).items():
         if adapter in wrapper.modules_to_save:
             for param, tensor in wrapper.modules_to_save[adapter].state_dict().items():

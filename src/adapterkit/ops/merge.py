@@ -14,6 +14,7 @@ from adapterkit.core.injection import lora_modules
 from adapterkit.core.merge import merged_state_dict
 from adapterkit.errors import NaNInMergeError, UnknownAdapterError
 from adapterkit.model.adapter_model import AdapterModel
+from adapterkit.model.quantized import refuse_quantized_merge
 from adapterkit.model.state import saved_wrappers
 
 
@@ -55,6 +56,7 @@ def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_
     transformers loads on its own. The merge is computed on a copy of the state
     dict: the live model and its adapters are left exactly as they were."""
     names = _adapters_to_merge(model, adapter_names)  # before anything is written
+    refuse_quantized_merge(model._loras(), names)  # a packed weight plus ΔW is no weight at all
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

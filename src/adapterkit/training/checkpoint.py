@@ -35,8 +35,9 @@ def state_path(ckpt_dir: str | Path) -> Path:
 def save_checkpoint(model: nn.Module, ckpt_dir: str | Path, state: dict) -> Path:
     """Write the adapter (if the model can save itself), then the trainer state."""
     ckpt_dir = Path(ckpt_dir)
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(ckpt_dir)
+    save_pretrained = getattr(model, "save_pretrained", None)  # AdapterModel, PeftModel: a loadable folder
+    if save_pretrained is not None:
+        save_pretrained(ckpt_dir)
     else:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     target = state_path(ckpt_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,9 @@ def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[Sequence[d
         for start in range(0, len(prompts), batch_size):
             encoded = [encode_prompt(tokenizer, chat) for chat in prompts[start:start + batch_size]]
             inputs = collate_prompts(encoded, tokenizer.pad_token_id)
-            output = model.generate(
+            # transformers models and AdapterModel have generate(); nn.Module's stubs do not know it.
+            generate: Any = model.generate
+            output = generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, **generate_kwargs,
             )

@@ -105,6 +105,13 @@ class WeightConversionError(AdapterError, ValueError):
     """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""
 
 
+# --- distributed training and vLLM deployment (scale) ------------------------
+class DistributedTrainingError(AdapterError, ValueError):
+    """A multi-process training run is set up wrongly (batch too small, ranks disagree, a failed write)."""
+
+
+class VllmIncompatibleError(AdapterError, ValueError):
+    """An adapter folder cannot be served by vLLM, and no lossless conversion makes it servable."""
 # --- command line: generate, chat, eval, threads (cli) ------------------------
 class AdapterSourceError(AdapterError, ValueError):
     """A --adapter value is neither an adapter folder nor a store ref (name, name@3, name@tag)."""

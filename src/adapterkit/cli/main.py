@@ -35,6 +35,8 @@ COMMANDS = {
               "adapterkit.cli.vllm_commands", "add_check", "run_check"),
     "export": ("write an adapter folder a serving engine (vLLM) loads, if a lossless conversion exists",
                "adapterkit.cli.vllm_commands", "add_export", "run_export"),
+    "serve": ("serve adapters over one base: an OpenAI-compatible HTTP server",
+              "adapterkit.cli.serve_command", "add_serve", "run_serve"),
 }
 
 

@@ -1,0 +1,130 @@
+"""Helpers for the server tests: a tiny Llama saved as a real transformers folder (word-level
+tokenizer and chat template, as tests/cli uses), random adapters saved as PEFT folders, a real
+uvicorn server on 127.0.0.1 in a thread, and the oracle: each request run alone in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from adapterkit import AdapterModel, LoraConfig, get_peft_model
+from adapterkit.serve.background import BackgroundServer
+from helpers import VOCAB, randomize_adapter, tiny_llama
+
+WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"] + [f"w{i}" for i in range(VOCAB - 5)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<' + m['role'] + '> ' + m['content'] + ' <eos> ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}"
+)
+ADAPTERS = 20
+MAX_MODEL_LEN = 32
+API_KEY = "test-key"
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_base(folder):
+    model = tiny_llama(seed=0)
+    model.config.pad_token_id, model.config.eos_token_id = 0, 1
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def save_random_adapters(base_dir, root, count: int = ADAPTERS) -> dict[str, object]:
+    """a00..a19: random adapters (ranks 4 and 8, different targets) saved as PEFT folders."""
+    from adapterkit.hf import load_base
+
+    base, _ = load_base(base_dir)
+    model = None
+    folders = {}
+    for i in range(count):
+        name = f"a{i:02d}"
+        targets = ["q_proj", "v_proj", "down_proj"] if i % 2 == 0 else ["k_proj", "o_proj", "up_proj"]
+        config = LoraConfig(r=4 if i % 3 else 8, lora_alpha=8, target_modules=targets)
+        if model is None:
+            model = get_peft_model(base, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        model.set_adapter(name)
+        randomize_adapter(model, seed=100 + i, std=0.6)
+        folders[name] = model.save_pretrained(root / name, selected_adapters=[name]) / name
+    return folders
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread(BackgroundServer):
+    """A real uvicorn server on 127.0.0.1 in a background thread, with the app's ServerState at hand."""
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+
+@contextlib.contextmanager
+def serving(base_dir, adapters=None, **options):
+    """build_app on the tiny base, served for the duration of the block."""
+    from adapterkit.hf import load_base
+    from adapterkit.serve import ServeConfig, build_app
+
+    model, tokenizer = load_base(base_dir)
+    options.setdefault("max_model_len", MAX_MODEL_LEN)
+    store = options.pop("store", None)
+    config = ServeConfig(base_name="tiny", adapters=dict(adapters or {}), **options)
+    with ServerThread(build_app(model, tokenizer, config, store=store), port=free_port()) as server:
+        yield server
+
+
+class Reference:
+    """Each request run alone, in this process, with plain generate (the oracle)."""
+
+    def __init__(self, base_dir, adapter_dirs) -> None:
+        from adapterkit.hf import load_base
+
+        base, self.tokenizer = load_base(base_dir)
+        self.model = AdapterModel(base)
+        for name, folder in adapter_dirs.items():
+            self.model.load_adapter(folder, adapter_name=name)
+        self.model.eval()
+
+    @torch.no_grad()
+    def complete(self, adapter: str | None, prompt_ids: list[int], max_tokens: int) -> tuple[str, str, int]:
+        """(text, finish_reason, completion tokens) of a greedy completion."""
+        ids = torch.tensor([prompt_ids])
+        context = self.model.disable_adapter() if adapter is None else contextlib.nullcontext()
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+        with context:
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                      do_sample=False, eos_token_id=1, pad_token_id=0)
+        new = out[0, len(prompt_ids):].tolist()
+        if 1 in new:
+            new = new[: new.index(1) + 1]
+        finish = "stop" if new and new[-1] == 1 else "length"
+        text = self.tokenizer.decode([t for t in new if t != 1], skip_special_tokens=True)
+        return text, finish, len(new)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def chat_ids(self, messages) -> list[int]:
+        from adapterkit.training.encoding import encode_prompt
+
+        return encode_prompt(self.tokenizer, messages)

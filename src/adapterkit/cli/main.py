@@ -23,6 +23,8 @@ COMMANDS = {
               "adapterkit.cli.adapter_commands", "add_merge", "run_merge"),
     "convert": ("convert a legacy adapter_model.bin to safetensors",
                 "adapterkit.cli.adapter_commands", "add_convert", "run_convert"),
+    "serve": ("serve adapters over one base: an OpenAI-compatible HTTP server",
+              "adapterkit.cli.serve_command", "add_serve", "run_serve"),
 }
 
 

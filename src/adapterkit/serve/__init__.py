@@ -7,10 +7,21 @@ Modules, inner to outer: kv_cache (the preallocated per-row KV cache), sampling,
 engine (the one thread that owns the model: continuous batching), adapters (the
 resident set: leases, LRU, hot load/unload/replace), text (detokenizing, stop
 strings), generation (one request's sequences), protocol (request bodies),
-errors / limits / metrics, state (what one server holds), app (the routes).
+errors / limits / metrics, config and state (what one server holds), app (the routes).
+Names resolve on first use, so the CLI can check options without importing torch.
 """
 
-from adapterkit.serve.app import build_app
-from adapterkit.serve.state import ServeConfig, ServerState
+from __future__ import annotations
 
-__all__ = ["ServeConfig", "ServerState", "build_app"]
+import importlib
+
+_EXPORTS = {"ServeConfig": "adapterkit.serve.config", "ServerState": "adapterkit.serve.state",
+            "build_app": "adapterkit.serve.app"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapterkit.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -107,10 +107,11 @@ class ResidentAdapters:
                 f"to at least {len(adapters)}")
         for name, path in adapters.items():
             self._check_public_name(name)
-            source = AdapterSource(path=Path(path))
+            folder = Path(path)
+            source = AdapterSource(path=folder)
             internal = self._internal_name(name)
             with _load_errors(source):
-                self._call(_loader(source.path, internal)).result()
+                self._call(_loader(folder, internal)).result()
             self.named[name] = source
             self.resident[name] = Resident(name, internal, source)
             self.stats.loads += 1

@@ -171,7 +171,7 @@ async def _generate(state: ServerState, request: Request, body: SamplingFields, 
         temperature = 1.0 if body.temperature is None else body.temperature
         run = GenerationRun(state.engine, state.tokenizer, prompts, lease.adapter, n=body.n, max_tokens=max_tokens,
                             temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
-                            seed=body.seed, stop=stop)
+                            seed=body.seed, stop=stop, ignore_eos=body.ignore_eos)
         run.start()
     except BaseException:
         state.adapters.release(lease)

@@ -162,7 +162,7 @@ class Engine:
             seq.sink(None, "cancelled", None)
         self._running.clear()
         self._waiting.clear()
-        for fn, future in self._calls:
+        for _fn, future in self._calls:
             future.cancel()
 
     def _turn(self) -> None:
@@ -218,7 +218,7 @@ class Engine:
         for seq, token in zip(rows, tokens):
             seq.generated.append(token)
             reason = None
-            if token in self.eos_token_ids:
+            if token in self.eos_token_ids and not seq.params.ignore_eos:
                 reason = "stop"
             elif len(seq.generated) >= seq.params.max_tokens or len(seq.prompt) + len(seq.generated) >= self.max_model_len:
                 reason = "length"

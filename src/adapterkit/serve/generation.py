@@ -65,7 +65,8 @@ def check_lengths(prompt: list[int], max_tokens: int | None, max_model_len: int,
 
 class GenerationRun:
     def __init__(self, engine: Engine, tokenizer, prompts: list[list[int]], adapter: str, *, n: int,
-                 max_tokens: list[int], temperature: float, top_p: float, seed: int | None, stop: list[str]) -> None:
+                 max_tokens: list[int], temperature: float, top_p: float, seed: int | None, stop: list[str],
+                 ignore_eos: bool = False) -> None:
         self.engine = engine
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -78,7 +79,7 @@ class GenerationRun:
                 index = p * n + j
                 # Choice j of a seeded request draws from seed + j: n distinct samples, reproducible.
                 params = SamplingParams(max_tokens=max_tokens[p], temperature=temperature, top_p=top_p,
-                                        seed=None if seed is None else seed + j)
+                                        seed=None if seed is None else seed + j, ignore_eos=ignore_eos)
                 sequence = Sequence(prompt, adapter, params, self._sink_for(index))
                 self.choices.append(Choice(index, sequence, TextAssembler(tokenizer, stop)))
 

@@ -17,6 +17,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ against `/v1/models`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -300,6 +301,8 @@ def test_a_server_that_dies_mid_reply_and_comes_back(page, base_dir, adapter_dir
                                "c => c.dataset.state === 'error')")
         messages = page.eval_on_selector_all("#columns .message", "ms => ms.map(m => m.textContent)")
         assert all(m.startswith("The connection was lost after") for m in messages), messages
+        partial = page.text_content("#columns .column .reply")
+        assert partial and f"after {len(partial.split())} token(s)" in messages[0]  # the text so far stays
     columns = run_compare(page)  # the server is gone
     assert all(c["message"].startswith(f"Cannot reach the server at http://127.0.0.1:{port}") for c in columns), columns
     page.wait_for_selector("#connection:has-text('server unreachable')")
@@ -350,21 +353,34 @@ def _screenshot(page) -> None:
 
 class _CutStreams:
     """ASGI wrapper: slows streamed replies (100 ms a chunk) and, once `cut` is set, breaks every
-    stream in progress, so the browser sees a connection die mid-reply."""
+    stream in progress without its `data: [DONE]`, the two ways a dying server can: every other
+    stream loses its connection mid-body, the others end their body early but cleanly."""
 
     def __init__(self, app, cut: threading.Event) -> None:
         self.app, self.cut = app, cut
         self.state = app.state
+        self.streams = itertools.count()
 
     async def __call__(self, scope, receive, send):
-        async def slow_send(message):
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            return await self.app(scope, receive, send)
+        abort = next(self.streams) % 2 == 0
+        ended = False
+
+        async def cutting_send(message):
+            nonlocal ended
+            if ended:
+                return  # the client has its truncated body; the rest goes nowhere
             if message["type"] == "http.response.body" and message.get("more_body"):
                 await asyncio.sleep(0.1)
                 if self.cut.is_set():
-                    raise ConnectionAbortedError("the test cut this stream")
+                    if abort:
+                        raise ConnectionAbortedError("the test cut this stream")
+                    ended = True
+                    message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app(scope, receive, slow_send if scope["type"] == "http" else send)
+        await self.app(scope, receive, cutting_send)
 
 
 class _ServerOnPort(ServerThread):

@@ -464,7 +464,10 @@ async function start() {
   const refilter = debounce(refreshStore, 200);
   $("#filter-name").addEventListener("input", refilter);
   $("#filter-base").addEventListener("input", refilter);
-  $("#api-key").addEventListener("change", () => Promise.all([refreshModels(), refreshStore()]));
+  // A new key may show what the old one could not: list again once the typing stops.
+  const relist = () => Promise.all([refreshModels(), refreshStore()]);
+  $("#api-key").addEventListener("input", debounce(relist, 400));
+  $("#api-key").addEventListener("change", relist);
   $("#load-form").addEventListener("submit", (event) => {
     event.preventDefault();
     load($("#load-name").value.trim(), $("#load-path").value.trim(), $("#load-inplace").checked);

@@ -1,10 +1,11 @@
-"""`make bench`: throughput with many adapters per batch, and many resident adapters.
+"""`make bench`: throughput with many adapters per batch, many resident adapters, the server under load.
 
     python -m bench.run            # default profile, bounded (~20 min on 2 cores)
     python -m bench.run --quick    # a few minutes: fewer ranks, k and repeats
     python -m bench.run --full     # the whole matrix of issue 4 (hours on 2 cores)
 
-Writes bench/results/{results.json, REPORT.md, time_vs_adapters.png}.
+Writes bench/results/{results.json, REPORT.md, time_vs_adapters.png} and, for the server,
+bench/results/{serve.json, SERVE.md} (bench/serve.py; also `python -m bench.serve`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads "
                              "spin against other processes and timings swing by 3x)")
     parser.add_argument("--skip", default="",
-                        help="comma list of parts to skip: throughput,resident; a skipped part keeps its "
+                        help="comma list of parts to skip: throughput,resident,serve; a skipped part keeps its "
                              "results from the previous run in --out, so one part can be re-measured alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -148,6 +149,13 @@ def main(argv=None) -> None:
                                                                   args.threads)
         settings["parts"].append(f"resident adapters: counts {plan['resident_counts']} "
                                  f"({time.perf_counter() - t0:.0f} s)")
+    if "serve" not in skip:
+        # `adapterkit serve` under load: its own process tree and its own report (serve.json, SERVE.md).
+        t0 = time.perf_counter()
+        log("serve: the HTTP server under load (python -m bench.serve)")
+        subprocess.run([sys.executable, "-m", "bench.serve", "--out", str(args.out), "--threads", str(args.threads),
+                        *(["--quick"] if profile == "quick" else [])], check=True, cwd=Path(__file__).parent.parent)
+        settings["parts"].append(f"serve: see SERVE.md ({time.perf_counter() - t0:.0f} s)")
     report = save()
     log(f"wrote {report} and its JSON and PNG beside it")
     print(report.read_text())

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 
 import torch
-import uvicorn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
+from adapterkit.serve.background import BackgroundServer
 from helpers import VOCAB, randomize_adapter, tiny_llama
 
 WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"] + [f"w{i}" for i in range(VOCAB - 5)]
@@ -72,36 +70,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerThread:
-    """A real uvicorn server on 127.0.0.1 in a background thread (no signal handlers: not the main thread)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class ServerThread(BackgroundServer):
+    """A real uvicorn server on 127.0.0.1 in a background thread, with the app's ServerState at hand."""
 
     @property
     def state(self):
         return self.app.state.server
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 @contextlib.contextmanager
@@ -114,7 +88,7 @@ def serving(base_dir, adapters=None, **options):
     options.setdefault("max_model_len", MAX_MODEL_LEN)
     store = options.pop("store", None)
     config = ServeConfig(base_name="tiny", adapters=dict(adapters or {}), **options)
-    with ServerThread(build_app(model, tokenizer, config, store=store)) as server:
+    with ServerThread(build_app(model, tokenizer, config, store=store), port=free_port()) as server:
         yield server
 
 

@@ -198,7 +198,18 @@ def run_demo(quick: bool = False, workdir: str | Path | None = None, base: str =
     result.checks["adapter file still loads on its own"] = again == 0.0
 
     # 9 -------------------------------------------------------------------------------------
-    section(9, "Summary")
+    section(9, "Serve both adapters over HTTP, the OpenAI API")
+    from adapterkit.demo.serve_step import serve_and_ask
+
+    served = serve_and_ask(base, {t.name: saved / t.name for t in tasks},
+                           [(tasks[0].name, prompts[0].prompt_messages, columns[tasks[0].name][0]),
+                            (tasks[1].name, prompts[1].prompt_messages, columns[tasks[1].name][1]),
+                            (base, prompts[0].prompt_messages, columns[BASE_ROW][0])])
+    if served is not None:
+        result.checks["served replies equal in-process replies"] = served
+
+    # 10 ------------------------------------------------------------------------------------
+    section(10, "Summary")
     table("per task", ["task", "base exact-match", "adapter exact-match", "adapter bytes", "load time", "train time"],
           [[o.name, f"{100 * o.base_exact_match:.0f}%", f"{100 * o.adapter_exact_match:.0f}%", f"{o.adapter_bytes:,d}",
             f"{1000 * o.load_seconds:.0f} ms", f"{o.train_seconds:.0f} s"] for o in result.outcomes])

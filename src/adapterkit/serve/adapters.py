@@ -73,12 +73,19 @@ class Lease:
     released: bool = False
 
 
+@dataclass(eq=False)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting
+
+
 @dataclass
 class AdapterStats:
     loads: int = 0
     load_failures: int = 0
     evictions: int = 0
     unloads: int = 0
+    load_seconds: float = 0.0  # wall time of successful loads (store read + install), summed
 
 
 class ResidentAdapters:
@@ -92,7 +99,7 @@ class ResidentAdapters:
         self.named: dict[str, AdapterSource] = {}
         self.resident: dict[str, Resident] = {}
         self.stats = AdapterStats()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _KeyLock] = {}
         self._loading = 0  # slots reserved by loads in progress
         self._room = asyncio.Event()  # set (and replaced) whenever a lease ends or an adapter goes
         self._counter = itertools.count(1)
@@ -162,7 +169,7 @@ class ResidentAdapters:
         resident = self.resident.get(key)
         if resident is not None:
             return resident
-        async with self._lock_for(key):
+        async with self._locked(key):
             resident = self.resident.get(key)
             if resident is None:  # the first request for it: load it once, as the others wait on the lock
                 internal = self._internal_name(key)
@@ -179,7 +186,7 @@ class ResidentAdapters:
                 f"an adapter named {name!r} is already loaded (from {self.named[name].describe()}); unload it "
                 "first, or pass \"load_inplace\": true to replace it", param="lora_name")
         source = await self._admin_source(path)
-        async with self._lock_for(name):
+        async with self._locked(name):
             internal = self._internal_name(name)
             await self._load_into_slot(source, internal)
             old = self.resident.pop(name, None)
@@ -254,6 +261,7 @@ class ResidentAdapters:
         self._loading += 1
 
     async def _load(self, source: AdapterSource, internal: str) -> None:
+        started = time.perf_counter()
         try:
             with _load_errors(source):
                 if source.path is not None:
@@ -270,6 +278,7 @@ class ResidentAdapters:
             self.stats.load_failures += 1
             raise
         self.stats.loads += 1
+        self.stats.load_seconds += time.perf_counter() - started
 
     async def _retire(self, resident: Resident) -> None:
         resident.retired = True
@@ -294,11 +303,21 @@ class ResidentAdapters:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _lock_for(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _locked(self, key: str):
+        """Hold `key`'s lock. The lock lives only while someone holds or waits for it, so cycling
+        through thousands of names leaves no lock behind."""
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[key]
 
     def _internal_name(self, key: str) -> str:
         # Never reused, so a retired adapter's weights and its replacement's coexist until the old leases end.

@@ -5,9 +5,10 @@ sequences (`submit`) and model changes (`call`), and read results from the
 callback each sequence carries. Each turn of the scheduler loop:
 
 1. runs the queued model changes (adapter loads and deletions), between passes;
-2. admits waiting sequences into free rows and prefills them in one pass;
-3. advances every running sequence by one token in one decode pass, each row with
-   its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
+2. admits waiting sequences into free rows and prefills them in one pass (their
+   first token comes from it; that turn has no decode pass);
+3. otherwise advances every running sequence by one token in one decode pass, each
+   row with its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
 4. drops finished and cancelled sequences at once, freeing their rows.
 
 Sequences only ever name adapters that are resident for their whole life (the
@@ -86,12 +87,13 @@ class Engine:
         self._calls: collections.deque[tuple[Callable, Future]] = collections.deque()
         self._wake = threading.Condition()
         self._stop = False
+        self._closed = True  # no loop running: call() runs inline
         self._thread: threading.Thread | None = None
 
     # --- the handlers' side (any thread) ---------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._stop = False
+            self._stop = self._closed = False
             self._thread = threading.Thread(target=self._loop, name="adapterkit-engine", daemon=True)
             self._thread.start()
 
@@ -125,7 +127,7 @@ class Engine:
         """Run fn(model) on the engine thread between passes; the Future gets its result."""
         future: Future = Future()
         with self._wake:
-            if self._thread is None:
+            if self._closed:
                 # Not running (before start, or after stop): nothing else touches the model.
                 _run_into(fn, self.model, future)
                 return future
@@ -145,6 +147,7 @@ class Engine:
                     while not (self._stop or self._calls or self._waiting or self._running):
                         self._wake.wait()
                     if self._stop:
+                        self._closed = True  # from now on call() runs inline: this thread no longer uses the model
                         break
                     calls = list(self._calls)
                     self._calls.clear()

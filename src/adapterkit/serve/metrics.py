@@ -57,6 +57,8 @@ class _StateCollector:
                                 value=self._tokens_per_second())
         yield CounterMetricFamily("adapterkit_generated_tokens", "Tokens generated", value=stats.tokens_generated)
         yield CounterMetricFamily("adapterkit_adapter_loads", "Adapters loaded", value=adapter_stats.loads)
+        yield CounterMetricFamily("adapterkit_adapter_load_seconds", "Time spent loading adapters (store read + install)",
+                                  value=adapter_stats.load_seconds)
         yield CounterMetricFamily("adapterkit_adapter_load_failures", "Adapter loads that failed",
                                   value=adapter_stats.load_failures)
         yield CounterMetricFamily("adapterkit_adapter_evictions", "Adapters evicted (LRU) to make room",

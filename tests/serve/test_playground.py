@@ -19,8 +19,10 @@ import re
 import shutil
 import struct
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import uvicorn
@@ -303,6 +305,14 @@ def test_a_server_that_dies_mid_reply_and_comes_back(page, base_dir, adapter_dir
         assert "HTTP 403" in notice(page) and "--api-key" in page.text_content("#notice")
 
         set_compare(page, ["a00", "tiny"], max_tokens=20)
+        page.click("#run")  # Stop ends both streams, and the server frees their rows
+        page.wait_for_function("document.querySelector('#columns .column .reply').textContent.length > 0")
+        page.click("#stop")
+        page.wait_for_function("[...document.querySelectorAll('#columns .column')].every(c => c.dataset.state === 'error')")
+        messages = page.eval_on_selector_all("#columns .message", "ms => ms.map(m => m.textContent)")
+        assert all(re.fullmatch(r"Stopped after \d+ token\(s\)\.", m) for m in messages), messages
+        _wait_until(lambda: httpx.get(first.url + "/health").json()["running"] == 0)
+
         page.click("#run")
         page.wait_for_function("document.querySelector('#columns .column .reply').textContent.length > 0")
         cut.set()
@@ -332,6 +342,13 @@ def _app(base_dir, adapter_dirs):
     model, tokenizer = load_base(base_dir)
     return build_app(model, tokenizer, ServeConfig(base_name="tiny", adapters={"a00": adapter_dirs["a00"]},
                                                    max_model_len=MAX_MODEL_LEN, max_batch=4))
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def _store_rows(page) -> list[dict]:

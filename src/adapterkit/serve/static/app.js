@@ -104,6 +104,8 @@ function layoutColumns() {
   while (holder.children.length < count) {
     const column = $("#column-template").content.firstElementChild.cloneNode(true);
     column.dataset.index = String(holder.children.length);
+    // Once the user has typed here, a later refresh must not put a default back.
+    $(".model", column).addEventListener("input", (event) => { event.target.dataset.touched = "yes"; });
     holder.appendChild(column);
   }
   while (holder.children.length > count) holder.lastElementChild.remove();
@@ -111,12 +113,12 @@ function layoutColumns() {
   fillDefaultModels();
 }
 
-// Empty columns get the base, then the loaded adapters in turn.
+// Empty columns the user has not touched get the base, then the loaded adapters in turn.
 function fillDefaultModels() {
   const choices = state.models.map((m) => m.id);
   columns().forEach((column, i) => {
     const input = $(".model", column);
-    if (!input.value && choices.length) input.value = choices[Math.min(i, choices.length - 1)];
+    if (!input.value && !input.dataset.touched && choices.length) input.value = choices[Math.min(i, choices.length - 1)];
   });
 }
 
@@ -480,6 +482,7 @@ async function start() {
     return;
   }
   $("#base-name").textContent = state.info.base;
+  $("#max-tokens").max = String(state.info.max_model_len); // prompt + reply must fit; the server says by how much
   $("#key-hint").textContent = state.info.api_key_required
     ? "this server needs the key for every request"
     : "no key set on the server: load and unload are off";

@@ -1,5 +1,6 @@
 """Every command of the README's serving section, run as written against a real `adapterkit serve`
-subprocess (the tiny base and two tiny adapters stand in for SmolLM2 and out/reverse, out/shout)."""
+subprocess (the tiny base and two tiny adapters stand in for SmolLM2 and out/reverse, out/shout);
+then SIGTERM, which must let a stream in flight finish (one subprocess for both: each costs seconds)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx
 from serve_helpers import free_port
 
 README = Path(__file__).parents[2] / "README.md"
@@ -27,7 +31,7 @@ def serving_section() -> tuple[list[str], str]:
     return bash, python
 
 
-def test_every_serving_command_in_the_readme_runs(base_dir, adapter_dirs, tmp_path):
+def test_every_readme_serving_command_runs_then_sigterm_drains(base_dir, adapter_dirs, tmp_path):
     bash, python = serving_section()
     serve_line, curls = bash[0], bash[1:]
     assert serve_line.startswith("adapterkit serve") and all(c.startswith("curl ") for c in curls)
@@ -61,6 +65,39 @@ def test_every_serving_command_in_the_readme_runs(base_dir, adapter_dirs, tmp_pa
         with contextlib.redirect_stdout(printed):
             exec(compile(local(python), "README.md", "exec"), {})
         assert printed.getvalue().strip()
+        assert_sigterm_drains(server, f"http://127.0.0.1:{port}")
     finally:
-        server.terminate()
+        if server.poll() is None:
+            server.kill()
         server.wait(60)
+
+
+def assert_sigterm_drains(server: subprocess.Popen, url: str) -> None:
+    """SIGTERM while a stream is in flight: the stream still ends normally, then the server exits."""
+    chunks: list[str] = []
+    began = threading.Event()
+
+    def long_stream():
+        body = {"model": "reverse", "prompt": "w1 w2", "max_tokens": 200, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60,
+                          headers={"Authorization": "Bearer sk-local"}) as response:
+            for raw in response.iter_lines():
+                if raw:
+                    chunks.append(raw)
+                    began.set()
+
+    client = threading.Thread(target=long_stream)
+    client.start()
+    assert began.wait(30)
+    server.send_signal(signal.SIGTERM)
+    client.join(60)
+    # uvicorn re-raises the signal once it has drained, so the exit status still says SIGTERM.
+    assert server.wait(60) in (0, -signal.SIGTERM)
+    assert chunks[-1] == "data: [DONE]"  # the stream in flight finished despite the signal
+    finishes = [json.loads(c[6:])["choices"][0]["finish_reason"] for c in chunks[:-1]]
+    assert finishes[-1] == "length" and finishes.count("length") == 1 and "abort" not in finishes
+    try:
+        httpx.get(url + "/health", timeout=2)
+        raise AssertionError("the server still answers after draining")
+    except httpx.ConnectError:
+        pass

@@ -139,3 +139,4 @@ def test_admin_load_of_a_store_ref_that_does_not_resolve(server, base_dir):
         assert response.status_code == 400 and "--store" in response.json()["error"]["message"]
         missing = httpx.get(storeless.url + "/playground/store", headers=AUTH)
         assert missing.status_code == 404 and "--store" in missing.json()["error"]["message"]
+        assert missing.json()["error"]["code"] == "store_not_configured"

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from adapterkit.serve.adapters import STORE_PATH_PREFIX
-from adapterkit.serve.errors import BadRequestError, ModelNotFoundError
+from adapterkit.serve.errors import BadRequestError, StoreNotConfiguredError
 
 STATIC_DIR = Path(__file__).parent / "static"
 _MAX_FILTER_CHARS = 200
@@ -55,8 +55,7 @@ def add_playground(app: FastAPI, state, check_key: Callable) -> None:
     async def store(request: Request, name: str = "", base: str = ""):
         check_key(state, request, admin=False)
         if state.store is None:
-            raise ModelNotFoundError("this server has no adapter store; start it with --store [ROOT] to browse one",
-                                     param="store")
+            raise StoreNotConfiguredError("this server has no adapter store; start it with --store [ROOT] to browse one")
         loaded = _loaded_store_refs(state.adapters.listing())
         fingerprint = getattr(getattr(state.model, "base_fingerprint", None), "digest", None)
         # SQLite reads block: keep them off the event loop that streams everyone's tokens.

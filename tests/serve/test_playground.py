@@ -241,7 +241,7 @@ def test_load_and_unload_work_with_the_key_and_are_refused_without(page, server,
     listed = {m.id: m for m in client.models.list().data}
     assert listed["beta@1"].root == "store:beta@1" and listed["beta@1"].parent == "tiny"
     page.wait_for_selector("#resident-table tr[data-name='beta@1']")
-    assert page.text_content("#store-table tr[data-ref='beta@1'] td:nth-child(9)") == "beta@1"
+    page.wait_for_selector("#store-table tr[data-ref='beta@1'] td:nth-child(9):text-is('beta@1')")
 
     page.fill("#load-name", "seven")  # a folder on the server, through the form
     page.fill("#load-path", str(adapter_dirs["a07"]))

@@ -257,7 +257,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per request (default 16)")
     parser.add_argument("--cycle", type=int, default=2000, help="distinct adapters cycled for the memory figure")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--parts", default="baselines,grid,cold,memory",
+                        help="parts to measure; the others keep their figures from the previous --out/serve.json")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    previous_file = args.out / "serve.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -270,7 +275,8 @@ def main(argv=None) -> dict:
         grid_clients, grid_adapters = [1, 32], [1, 32]
     per_client = {1: 3, 8: 2, 32: 2}
     M = args.max_tokens
-    results: dict = {"settings": {"command": "python -m bench.serve" + (" --quick" if args.quick else ""),
+    results: dict = {"settings": {"command": "python -m bench.serve" + (" --quick" if args.quick else "")
+                                  + (f" --parts {args.parts}" if parts != {"baselines", "grid", "cold", "memory"} else ""),
                                   "threads": args.threads, "max_tokens": M, "cpu_count": os.cpu_count(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cycled": cycled}}
     started = time.perf_counter()
@@ -279,32 +285,42 @@ def main(argv=None) -> dict:
         base, tokenizer = load_base("smollm2")
         log("making 32 adapters and the store")
         folders = make_adapters(base, work / "adapters", 32)
-        fill_store(work / "store", folders[0], cycled + 20)
-        log("baselines in-process")
-        results["naive"] = naive_loop(base, tokenizer, folders, 8, M)
-        results["batched_generate"] = batched_generate(base, tokenizer, folders[0], 32, M)
+        fill_store(work / "store", folders[0], (cycled if "memory" in parts else 0) + 20)
+        for part, keys in (("baselines", ("naive", "batched_generate")), ("grid", ("grid",)),
+                           ("cold", ("cold_warm",)), ("memory", ("memory",))):
+            if part not in parts:
+                results.update({k: previous[k] for k in keys if k in previous})
+                results["settings"].setdefault("kept_from_previous_run", []).append(part)
+        if "baselines" in parts:
+            log("baselines in-process")
+            results["naive"] = naive_loop(base, tokenizer, folders, 8, M)
+            results["batched_generate"] = batched_generate(base, tokenizer, folders[0], 32, M)
+            log(f"naive {results['naive']['tokens_per_s']:.1f} tok/s; batched generate "
+                f"{results['batched_generate']['tokens_per_s']:.1f} tok/s")
         del base
-        log(f"naive {results['naive']['tokens_per_s']:.1f} tok/s; batched generate "
-            f"{results['batched_generate']['tokens_per_s']:.1f} tok/s")
         server = Server(["--base", "smollm2", "--max-loras", "32", "--max-batch", "32", "--max-model-len", "128",
                          "--max-queue", "1024", "--store", str(work / "store"),
                          *[a for f in folders for a in ("--adapter", f"{f.name}={f}")]], args.threads)
         try:
             asyncio.run(run_cell(server.url, 4, ["n00", "smollm2"], 1, 4))  # warm-up
-            results["grid"] = []
-            for clients in grid_clients:
+            if "grid" in parts:
+                results["grid"] = []
+            for clients in grid_clients if "grid" in parts else []:
                 for k in grid_adapters:
                     cell = asyncio.run(run_cell(server.url, clients, [f.name for f in folders[:k]],
                                                 per_client[clients], M))
                     log(f"C={clients} k={k}: {cell['tokens_per_s']:.1f} tok/s, TTFT p50 {cell['ttft_p50_ms']:.0f} ms, "
                         f"ITL p50 {cell['itl_p50_ms']:.0f} ms")
                     results["grid"].append(cell)
-            results["cold_warm"] = asyncio.run(cold_and_warm(server.url, [f"c{cycled + i:04d}" for i in range(10)]))
-            log(f"cold/warm: {results['cold_warm']}")
-            checkpoints = {100, cycled}
-            rss = asyncio.run(cycle(server, [f"c{i:04d}" for i in range(cycled)], 8, checkpoints))
-            results["memory"] = {"rss_after_100_mib": rss[100] / 2**20, f"rss_after_{cycled}_mib": rss[cycled] / 2**20,
-                                 "ratio": rss[cycled] / rss[100], "cycled": cycled}
+            if "cold" in parts:
+                first = cycled if "memory" in parts else 0
+                results["cold_warm"] = asyncio.run(cold_and_warm(server.url, [f"c{first + i:04d}" for i in range(10)]))
+                log(f"cold/warm: {results['cold_warm']}")
+            if "memory" in parts:
+                rss = asyncio.run(cycle(server, [f"c{i:04d}" for i in range(cycled)], 8, {100, cycled}))
+                results["memory"] = {"rss_after_100_mib": rss[100] / 2**20,
+                                     f"rss_after_{cycled}_mib": rss[cycled] / 2**20,
+                                     "ratio": rss[cycled] / rss[100], "cycled": cycled}
         finally:
             server.stop()
     results["wall_s"] = time.perf_counter() - started
@@ -336,7 +352,9 @@ def ratios(results: dict) -> dict:
 
 def report(results: dict) -> str:
     s = results["settings"]
+    kept = s.get("kept_from_previous_run")
     lines = [f"# `adapterkit serve` under load ({s['command']})", "",
+             *([f"Parts {', '.join(kept)} are kept from the previous run.", ""] if kept else []),
              f"SmolLM2-135M (float32, CPU, {s['threads']} torch thread(s), {s['cpu_count']} cores shared), "
              f"{s['max_tokens']} tokens per request (temperature 0, ignore_eos), prompts of ~20 tokens, "
              "rank-8 adapters on q_proj and v_proj; streaming requests over HTTP from an asyncio + httpx "

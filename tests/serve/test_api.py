@@ -125,3 +125,28 @@ def test_health_and_metrics(server):
                  "adapterkit_tokens_per_second", "adapterkit_adapter_loads_total", "adapterkit_adapter_evictions_total",
                  "adapterkit_request_latency_seconds_bucket", "adapterkit_time_to_first_token_seconds_bucket"):
         assert name in metrics, name
+
+
+def test_a_bfloat16_server_serves_mixed_batches(base_dir, adapter_dirs):
+    import asyncio
+
+    import torch
+    from serve_helpers import ServerThread, free_port
+
+    from adapterkit.hf import load_base
+    from adapterkit.serve import ServeConfig, build_app
+
+    model, tokenizer = load_base(base_dir, dtype=torch.bfloat16)
+    app = build_app(model, tokenizer, ServeConfig(base_name="tiny", adapters={"a": adapter_dirs["a00"],
+                                                                              "b": adapter_dirs["a01"]},
+                                                  max_model_len=32))
+    assert app.state.server.engine.cache.keys[0].dtype == torch.bfloat16
+
+    async def three(url):
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60) as client:
+            return await asyncio.gather(*(client.completions.create(model=m, prompt="w1 w2", max_tokens=5, temperature=0)
+                                          for m in ("a", "b", "tiny")))
+
+    with ServerThread(app, port=free_port()) as server:
+        replies = asyncio.run(three(server.url))
+    assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)

@@ -21,6 +21,8 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
                         help="prompt + completion tokens per sequence; sizes the KV cache (default 1024)")
     parser.add_argument("--max-queue", type=int, default=256, help="waiting sequences before 429 (default 256)")
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (the admin endpoints are off without it)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weights, adapters and KV cache (default float32; bfloat16 halves memory)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
@@ -62,7 +64,9 @@ def run_serve(args) -> int:
         from adapterkit.store import AdapterStore
 
         store = AdapterStore(args.store or None)
-    model, tokenizer = load_base(args.base)
+    import torch
+
+    model, tokenizer = load_base(args.base, dtype=getattr(torch, args.dtype))
     try:
         state = ServerState(model, tokenizer, config, store)  # start-up adapters load here, before the port opens
     except ServeError as exc:

@@ -6,9 +6,9 @@ callback each sequence carries. Each turn of the scheduler loop:
 
 1. runs the queued model changes (adapter loads and deletions), between passes;
 2. admits waiting sequences into free rows and prefills them in one pass (their
-   first token comes from it; that turn has no decode pass);
-3. otherwise advances every running sequence by one token in one decode pass, each
-   row with its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
+   first token comes from it);
+3. advances every running sequence by one token in one decode pass, each row with
+   its own adapter (or the base) through AdapterModel's per-row `adapter_names`;
 4. drops finished and cancelled sequences at once, freeing their rows.
 
 Sequences only ever name adapters that are resident for their whole life (the
@@ -174,7 +174,7 @@ class Engine:
         if admitted:
             self._prefill(admitted)
         self._drop_cancelled()
-        if self._running and not admitted:
+        if self._running:  # every turn decodes, so a stream of arrivals cannot starve running rows
             self._decode()
         self.stats.running = len(self._running)
 

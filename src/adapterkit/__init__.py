@@ -24,6 +24,8 @@ _EXPORTS = {
     "base_fingerprint": "adapterkit.io.fingerprint",
     "AdapterStore": "adapterkit.store",
     "load_base": "adapterkit.hf",
+    "hotswap_adapter": "adapterkit.model.hotswap",
+    "prepare_model_for_compiled_hotswap": "adapterkit.model.hotswap",
     **{
         name: "adapterkit.errors"
         for name in (

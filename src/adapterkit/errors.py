@@ -73,3 +73,16 @@ class AdapterStateError(AdapterError, ValueError):
 
 class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
+
+
+# --- variants: weighted combinations, hotswap, init variants ------------------
+class AdapterCombinationError(AdapterError, ValueError):
+    """add_weighted_adapter was given adapters, weights or options it cannot combine."""
+
+
+class HotswapError(AdapterError, ValueError):
+    """A folder cannot replace a loaded adapter's weights in place (nothing was changed)."""
+
+
+class WeightConversionError(AdapterError, ValueError):
+    """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""

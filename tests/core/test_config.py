@@ -72,7 +72,7 @@ def test_invalid_json_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [dict(r=0), dict(r=-1), dict(bias="some"), dict(lora_dropout=1.5),
-                                    dict(rank_pattern={"q_proj": 0}), dict(init_lora_weights="pissa")])
+                                    dict(rank_pattern={"q_proj": 0}), dict(init_lora_weights="loftq")])
 def test_bad_values_are_refused(kwargs):
     with pytest.raises(AdapterConfigError):
         LoraConfig(target_modules=["q_proj"], **kwargs)

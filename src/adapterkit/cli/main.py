@@ -25,6 +25,8 @@ COMMANDS = {
                 "adapterkit.cli.adapter_commands", "add_convert", "run_convert"),
     "serve": ("serve adapters over one base: an OpenAI-compatible HTTP server",
               "adapterkit.cli.serve_command", "add_serve", "run_serve"),
+    "combine": ("combine adapters by weight (linear, cat, svd, ties, dare, ...) into one adapter folder",
+                "adapterkit.cli.combine_command", "add_combine", "run_combine"),
 }
 
 

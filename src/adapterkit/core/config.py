@@ -108,10 +108,11 @@ class LoraConfig:
                         f"LoraConfig.{name} cannot be used when target_modules is a string "
                         f"({self.target_modules!r}): give target_modules as a list of module names instead."
                     )
-        if self.init_lora_weights not in (True, False, "gaussian"):
+        if self.init_lora_weights not in (True, False, "gaussian") and not is_base_init(self.init_lora_weights):
             raise UnsupportedAdapterError(
                 f"init_lora_weights={self.init_lora_weights!r} is not supported; "
-                "use True (B = 0: a new adapter changes nothing), False (random B) or 'gaussian'."
+                "use True (B = 0: a new adapter changes nothing), False (random B), 'gaussian', "
+                "'pissa', 'pissa_niter_N' (N >= 1) or 'olora'."
             )
 
     def check_supported(self) -> None:
@@ -200,6 +201,14 @@ class LoraConfig:
         if not isinstance(data, dict):
             raise AdapterConfigError(f"{path} must hold a JSON object, found {type(data).__name__}.")
         return cls.from_dict(data, source=path)
+
+
+_PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
+
+
+def is_base_init(init: object) -> bool:
+    """Does this init_lora_weights value read (and change) the base weight? (PiSSA, OLoRA: core.init)"""
+    return isinstance(init, str) and (init in ("pissa", "olora") or _PISSA_NITER.fullmatch(init) is not None)
 
 
 def _pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:

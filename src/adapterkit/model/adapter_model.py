@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adapterkit.core.config import LoraConfig
+from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.injection import (
     ModulesToSave,
     attach,
@@ -36,6 +36,7 @@ from adapterkit.errors import (
 )
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
+from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
 from adapterkit.model.loading import LoadPlan, plan_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
@@ -172,7 +173,10 @@ class AdapterModel(nn.Module):
         _check_name(adapter_name)
         peft_config.check_supported()
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
+        check_base_init(self, peft_config, targets)
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
+        if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
+            apply_base_init(self, adapter_name, peft_config, write_factors=True)
 
     def _install(self, adapter_name, peft_config, targets, saved, trainable, init, activate,
                  factors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
@@ -281,6 +285,27 @@ class AdapterModel(nn.Module):
     def enable_adapters(self) -> None:
         self.routing.disabled = False
 
+    # --- combining and hot-swapping (model/combine.py, model/hotswap.py) -------------------
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", svd_rank: int | None = None,
+                             svd_clamp: float | None = None, svd_full_matrices: bool = True,
+                             svd_driver: str | None = None, density: float | None = None,
+                             majority_sign_method: str = "total") -> None:
+        """Add `adapter_name`, a weighted combination of loaded adapters (PEFT's signature and types:
+        cat, linear, svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd,
+        magnitude_prune, magnitude_prune_svd). Everything is checked before the model changes."""
+        from adapterkit.model.combine import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, svd_clamp,
+                             svd_full_matrices, svd_driver, density, majority_sign_method)
+
+    def hotswap_adapter(self, model_id: str | os.PathLike, adapter_name: str = "default") -> None:
+        """Replace the weights of loaded adapter `adapter_name` in place with those of a folder of the same
+        or a smaller rank (zero-padded), without re-injecting: a torch.compile'd model does not recompile."""
+        from adapterkit.model.hotswap import hotswap_adapter
+
+        hotswap_adapter(self, model_id, adapter_name=adapter_name)
+
     # --- saving -----------------------------------------------------------------------
     def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
         """The adapter's tensors keyed as in PEFT's adapter_model.safetensors."""
@@ -288,9 +313,13 @@ class AdapterModel(nn.Module):
         return adapter_tensors(self.model, self.peft_config[adapter_name], adapter_name)
 
     def save_pretrained(self, save_directory: str | os.PathLike, selected_adapters: list[str] | None = None,
-                        safe_serialization: bool = True, **_ignored) -> Path:
+                        safe_serialization: bool = True,
+                        path_initial_model_for_weight_conversion: str | os.PathLike | None = None,
+                        **_ignored) -> Path:
         """Write every adapter (or `selected_adapters`) in PEFT's layout, atomically:
-        'default' at the root, the others in sub-folders named after them."""
+        'default' at the root, the others in sub-folders named after them.
+        `path_initial_model_for_weight_conversion`: the folder saved right after a PiSSA / OLoRA init;
+        the adapters are then written as plain LoRAs of the original base (PEFT's convention)."""
         names = self._check_known(selected_adapters) if selected_adapters is not None else list(self.peft_config)
         if not names:
             raise UnknownAdapterError("This model has no adapter to save; add or load one first.")
@@ -301,7 +330,10 @@ class AdapterModel(nn.Module):
             config.inference_mode = True
             if not config.base_model_name_or_path:
                 config.base_model_name_or_path = self.base_fingerprint.name or None
-            payload[name] = (config, self.adapter_state_dict(name), metadata)
+            tensors = self.adapter_state_dict(name)
+            if path_initial_model_for_weight_conversion is not None:
+                config, tensors = convert_to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
+            payload[name] = (config, tensors, metadata)
         return write_adapter_folder(save_directory, payload, root_name="default",
                                     safe_serialization=safe_serialization)
 
@@ -326,6 +358,7 @@ class AdapterModel(nn.Module):
         # attached sees the layout a fresh load would.)
         plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
                          self._module_walk(), self._targets_for(config))
+        check_base_init(self, config, plan.targets)
         was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
@@ -333,6 +366,8 @@ class AdapterModel(nn.Module):
         self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
                       False if was_active else None, factors=plan.factors)
         self._fill(adapter_name, plan)
+        if is_base_init(config.init_lora_weights):  # as PEFT: the base becomes the residual the file was trained on
+            apply_base_init(self, adapter_name, config, write_factors=False)
         if was_active:  # a replaced adapter stays active, beside the others that were
             self._activate(was_active)
 

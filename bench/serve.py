@@ -278,7 +278,8 @@ def main(argv=None) -> dict:
     results: dict = {"settings": {"command": "python -m bench.serve" + (" --quick" if args.quick else "")
                                   + (f" --parts {args.parts}" if parts != {"baselines", "grid", "cold", "memory"} else ""),
                                   "threads": args.threads, "max_tokens": M, "cpu_count": os.cpu_count(),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cycled": cycled}}
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cycled": cycled,
+                                  "load_average_at_start": os.getloadavg()[0]}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="adapterkit-bench-serve-") as tmp:
         work = Path(tmp)
@@ -324,6 +325,7 @@ def main(argv=None) -> dict:
         finally:
             server.stop()
     results["wall_s"] = time.perf_counter() - started
+    results["settings"]["load_average_at_end"] = os.getloadavg()[0]
     results["ratios"] = ratios(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(results, indent=2))
@@ -358,7 +360,10 @@ def report(results: dict) -> str:
              f"SmolLM2-135M (float32, CPU, {s['threads']} torch thread(s), {s['cpu_count']} cores shared), "
              f"{s['max_tokens']} tokens per request (temperature 0, ignore_eos), prompts of ~20 tokens, "
              "rank-8 adapters on q_proj and v_proj; streaming requests over HTTP from an asyncio + httpx "
-             f"closed-loop load generator in another process. Wall time {results.get('wall_s', 0):.0f} s.", "",
+             f"closed-loop load generator in another process. Wall time {results.get('wall_s', 0):.0f} s; "
+             f"machine load average {s.get('load_average_at_start', float('nan')):.1f} at the start, "
+             f"{s.get('load_average_at_end', float('nan')):.1f} at the end (other jobs share the cores: ratios "
+             "between parts measured minutes apart carry that noise).", "",
              "| clients C | adapters k | requests | output tok/s | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | ITL p99 (ms) |",
              "|---|---|---|---|---|---|---|---|"]
     for c in results.get("grid", []):

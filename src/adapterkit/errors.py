@@ -75,6 +75,23 @@ class NaNInMergeError(AdapterStateError):
     """safe_merge found NaN or inf in a merged weight; nothing was changed."""
 
 
+# --- hostile input: adapter names, files and values (hardening) -------------
+class InvalidAdapterNameError(AdapterError, ValueError):
+    """An adapter name that cannot be used (empty, with '.' or '/', reserved, not a string)."""
+
+
+class AdapterFileUnreadableError(AdapterError, OSError):
+    """An adapter file exists but cannot be opened (permissions, a broken link, an I/O error)."""
+
+
+class AdapterDtypeError(AdapterError, ValueError):
+    """A tensor in the adapter file is not floating point (int, bool, complex): casting would change it."""
+
+
+class NonFiniteAdapterError(AdapterError, ValueError):
+    """A tensor or a scale (lora_alpha, alpha_pattern) holds NaN or inf; `allow_nonfinite=True` accepts it."""
+
+
 # --- variants: weighted combinations, hotswap, init variants ------------------
 class AdapterCombinationError(AdapterError, ValueError):
     """add_weighted_adapter was given adapters, weights or options it cannot combine."""
@@ -88,6 +105,13 @@ class WeightConversionError(AdapterError, ValueError):
     """A PiSSA / OLoRA adapter cannot be converted to a plain LoRA against the initial folder given."""
 
 
+# --- distributed training and vLLM deployment (scale) ------------------------
+class DistributedTrainingError(AdapterError, ValueError):
+    """A multi-process training run is set up wrongly (batch too small, ranks disagree, a failed write)."""
+
+
+class VllmIncompatibleError(AdapterError, ValueError):
+    """An adapter folder cannot be served by vLLM, and no lossless conversion makes it servable."""
 # --- command line: generate, chat, eval, threads (cli) ------------------------
 class AdapterSourceError(AdapterError, ValueError):
     """A --adapter value is neither an adapter folder nor a store ref (name, name@3, name@tag)."""

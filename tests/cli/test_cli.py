@@ -74,8 +74,11 @@ def test_verify_accepts_its_base_and_lists_every_mismatch_on_another(trained_ada
         (other / name).write_bytes((base_dir / name).read_bytes())
     bad = run_cli("verify", str(folder), "--base", str(other))
     assert bad.returncode == 1
-    assert "4 problem(s)" in bad.stdout.replace("\n", " ") or bad.stdout.count("mismatch") >= 4, bad.stdout
-    assert "q_proj" in bad.stdout and "v_proj" in bad.stdout
+    # Every mismatch on stdout (2 layers x q, v x A, B, plus the other base), one line on stderr.
+    shapes = [line for line in bad.stdout.splitlines() if line.startswith("problem:") and "this base needs" in line]
+    assert len(shapes) == 8 and any("q_proj" in x for x in shapes) and any("v_proj" in x for x in shapes), bad.stdout
+    assert "trained on base" in bad.stdout
+    assert bad.stderr.count("\n") == 1 and "9 problem(s)" in bad.stderr, bad.stderr
 
 
 def test_merge_writes_a_model_transformers_loads_alone(trained_adapter, base_dir, tmp_path):
@@ -124,3 +127,65 @@ def test_bad_input_is_one_line_and_nonzero(argv, fragment):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], done.stderr
+
+
+def _edited_copy(folder, dst, config_edit=None, tensor_edit=None):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if config_edit:
+        config_edit(config)
+    (dst / "adapter_config.json").write_text(json.dumps(config, allow_nan=True))
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    if tensor_edit:
+        tensor_edit(tensors)
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, str(dst / "adapter_model.safetensors"), metadata=metadata)
+    return dst
+
+
+@pytest.mark.parametrize("edit, field", [
+    (dict(rank_pattern=[4]), "rank_pattern"),
+    (dict(target_modules=7), "target_modules"),
+    (dict(target_modules="q_proj("), "target_modules"),
+    (dict(lora_alpha="16"), "lora_alpha"),
+])
+def test_inspect_and_verify_name_the_bad_field_in_one_line(trained_adapter, base_dir, tmp_path, capsys, edit, field):
+    folder, _ = trained_adapter
+    bad = _edited_copy(folder, tmp_path / "bad", config_edit=lambda c: c.update(edit))
+    for argv in (["inspect", str(bad)], ["verify", str(bad), "--base", str(base_dir)]):
+        assert main(argv) != 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"field {field}" in err, err
+
+
+def test_nan_weights_fail_verify_and_inspect_unless_allowed(trained_adapter, base_dir, tmp_path, capsys):
+    folder, _ = trained_adapter
+
+    def poison(tensors):
+        key = sorted(tensors)[-1]
+        tensors[key] = tensors[key].clone().fill_(float("nan"))
+
+    bad = _edited_copy(folder, tmp_path / "bad", tensor_edit=poison)
+    assert main(["verify", str(bad), "--base", str(base_dir)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "NaN or inf" in captured.err and "holds NaN or inf" in captured.out
+    assert main(["inspect", str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["verify", str(bad), "--base", str(base_dir), "--allow-nonfinite"]) == 0
+    assert main(["inspect", str(bad), "--json", "--allow-nonfinite"]) == 0
+
+
+def test_int_tensors_fail_verify_as_they_fail_load(trained_adapter, base_dir, tmp_path, capsys):
+    folder, _ = trained_adapter
+
+    def to_int(tensors):
+        key = sorted(tensors)[0]
+        tensors[key] = (tensors[key] * 100).to(torch.int8)
+
+    bad = _edited_copy(folder, tmp_path / "bad", tensor_edit=to_int)
+    assert main(["verify", str(bad), "--base", str(base_dir)]) == 1
+    assert "int8" in capsys.readouterr().err

@@ -219,3 +219,68 @@ def test_bin_with_non_tensor_values_is_refused(tmp_path):
     torch.save({"a": 1}, str(tmp_path / "out" / "adapter_model.bin"))
     with pytest.raises(CorruptAdapterFileError):
         read_adapter_folder(tmp_path / "out")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_saved_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    """As a plain open() would: a server running as another user can read the weights (PEFT's
+    safetensors files get 0600 from safetensors' temp-file-and-rename; ours do not)."""
+    from adapterkit.ops.convert import convert_folder
+
+    previous = os.umask(umask)
+    try:
+        model = two_adapter_model()
+        model.save_pretrained(tmp_path / "out")
+        model.save_pretrained(tmp_path / "legacy", safe_serialization=False)
+        convert_folder(tmp_path / "legacy")
+    finally:
+        os.umask(previous)
+    wanted = 0o666 & ~umask
+    files = [p for folder in ("out", "legacy") for p in (tmp_path / folder).rglob("*") if p.is_file()]
+    assert len(files) == 10  # 2 adapters x (config + weights) in each, + 2 converted safetensors
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(wanted) for p in files}
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+@pytest.mark.parametrize("kind", ["directory", "dangling link", "link loop", "fifo"])
+def test_a_name_that_is_not_a_file_is_a_typed_error_naming_it(tmp_path, name, kind):
+    from adapterkit import AdapterFileUnreadableError
+
+    two_adapter_model().save_pretrained(tmp_path / "out")
+    path = tmp_path / "out" / name
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "dangling link":
+        path.symlink_to(tmp_path / "nowhere")
+    elif kind == "link loop":
+        path.symlink_to(path)
+    else:
+        os.mkfifo(path)  # opening it would block: it must be refused without opening
+    with pytest.raises(AdapterFileUnreadableError) as info:
+        read_adapter_folder(tmp_path / "out")
+    assert name in str(info.value) and "not a file" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_file_that_cannot_be_opened_is_a_typed_error_naming_it(tmp_path, monkeypatch, name):
+    """Mode 000 where that denies reading; as root (which reads anything) the denial is injected."""
+    import adapterkit.core.config as config_module
+    from adapterkit import AdapterFileUnreadableError
+
+    two_adapter_model().save_pretrained(tmp_path / "out")
+    path = tmp_path / "out" / name
+    os.chmod(path, 0)
+    if os.geteuid() == 0:
+        real_open = open
+
+        def denying_open(file, *args, **kwargs):
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(folder_io, "open", denying_open, raising=False)
+        monkeypatch.setattr(config_module, "open", denying_open, raising=False)
+    with pytest.raises(AdapterFileUnreadableError) as info:
+        read_adapter_folder(tmp_path / "out")
+    assert name in str(info.value) and "Permission denied" in str(info.value)

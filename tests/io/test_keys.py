@@ -13,20 +13,20 @@ from adapterkit.io import keys
 ])
 def test_factor_keys_round_trip(module, kind, factor, key):
     assert keys.factor_key(module, kind, factor) == key
-    assert keys.parse_key(key, set()) == keys.Slot(factor, module)
+    assert keys.parse_key(key, set()) == keys.TensorDestination(factor, module)
 
 
 def test_saved_bias_and_base_weight_keys_round_trip():
     saved = keys.saved_key("classifier", "weight")
     assert saved == "base_model.model.classifier.weight"
-    assert keys.parse_key(saved, {"classifier"}) == keys.Slot("saved", "classifier", "weight")
-    assert keys.parse_key("base_model.model.classifier.bias", {"classifier"}) == keys.Slot("saved", "classifier", "bias")
+    assert keys.parse_key(saved, {"classifier"}) == keys.TensorDestination("saved", "classifier", "weight")
+    assert keys.parse_key("base_model.model.classifier.bias", {"classifier"}) == keys.TensorDestination("saved", "classifier", "bias")
     wrapped = keys.bias_key("a.q", lora_wrapped=True)
     assert wrapped == "base_model.model.a.q.base_layer.bias"
-    assert keys.parse_key(wrapped, set()) == keys.Slot("bias", "a.q")
+    assert keys.parse_key(wrapped, set()) == keys.TensorDestination("bias", "a.q")
     plain = keys.bias_key("a.norm", lora_wrapped=False)
-    assert keys.parse_key(plain, set()) == keys.Slot("bias", "a.norm")
-    assert keys.parse_key("base_model.model.emb.base_layer.weight", set()) == keys.Slot("base_weight", "emb")
+    assert keys.parse_key(plain, set()) == keys.TensorDestination("bias", "a.norm")
+    assert keys.parse_key("base_model.model.emb.base_layer.weight", set()) == keys.TensorDestination("base_weight", "emb")
 
 
 def test_foreign_keys_have_no_meaning():

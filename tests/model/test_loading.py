@@ -272,3 +272,152 @@ def test_unknown_config_field_on_load_warns_exactly_once(saved, tmp_path):
     relevant = [w for w in caught if "some_future_option" in str(w.message)]
     assert len(relevant) == 1 and len(caught) == 1, [str(w.message) for w in caught]
     assert max_diff(logits(model), expected) == 0.0
+
+
+# --- hostile values: every check before the model is touched --------------------------------
+def _poison(key_suffix: str, value: float):
+    def edit(tensors):
+        key = next(k for k in sorted(tensors) if k.endswith(key_suffix))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[3] = value
+    return edit
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_tensor_is_refused_unless_allowed(saved, tmp_path, value):
+    from adapterkit import NonFiniteAdapterError
+
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_tensors=_poison("layers.1.self_attn.v_proj.lora_B.weight", value))
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(NonFiniteAdapterError, match="allow_nonfinite=True") as info:
+        model.load_adapter(bad, adapter_name="x")
+    assert "layers.1.self_attn.v_proj.lora_B.weight" in str(info.value)
+    assert_same_state(before, state_of(model))
+    model.load_adapter(bad, adapter_name="x", allow_nonfinite=True)
+    loaded = model.adapter_state_dict("x")
+    key = next(k for k in loaded if k.endswith("layers.1.self_attn.v_proj.lora_B.weight"))
+    stored = loaded[key].reshape(-1)[3].item()
+    assert stored == value or (value != value and stored != stored)
+    AdapterModel.from_pretrained(tiny_llama(), bad, allow_nonfinite=True)
+
+
+@pytest.mark.parametrize("where", ["lora_alpha", "alpha_pattern"])
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_nonfinite_scale_is_refused_unless_allowed(saved, tmp_path, where, text):
+    from adapterkit import NonFiniteAdapterError
+
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad")
+    config = json.loads((bad / "adapter_config.json").read_text())
+    if where == "alpha_pattern":
+        config["alpha_pattern"] = {"v_proj": 1.0}
+    else:
+        config["lora_alpha"] = 1.0
+    raw = json.dumps(config).replace("1.0", text)
+    (bad / "adapter_config.json").write_text(raw)
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(NonFiniteAdapterError, match=where):
+        model.load_adapter(bad, adapter_name="x")
+    assert_same_state(before, state_of(model))
+    model.load_adapter(bad, adapter_name="x", allow_nonfinite=True)
+
+
+def test_nan_alpha_in_add_adapter_is_refused():
+    from adapterkit import NonFiniteAdapterError
+
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(NonFiniteAdapterError):
+        model.add_adapter("b", LoraConfig(r=2, lora_alpha=float("nan"), target_modules=["v_proj"]))
+    assert list(model.peft_config) == ["default"]
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool, torch.complex64, torch.uint8])
+def test_non_floating_tensor_in_the_last_layer_is_refused_before_any_layer_changes(saved, tmp_path, dtype):
+    from adapterkit import AdapterDtypeError
+
+    folder, _ = saved
+
+    def to_dtype(tensors):
+        key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+        tensors[key] = (tensors[key] * 10).to(dtype)
+
+    bad = copy_folder(folder, tmp_path / "bad", edit_tensors=to_dtype)
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(AdapterDtypeError, match=str(dtype).removeprefix("torch.")):
+        model.load_adapter(bad, adapter_name="x")
+    assert_same_state(before, state_of(model))
+    model.load_adapter(folder, adapter_name="x")  # and nothing half-loaded trips a later valid load
+
+
+def test_alpha_pattern_that_is_not_a_number_changes_nothing(saved, tmp_path):
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_config=lambda c: c.update(alpha_pattern={"v_proj": "high"}))
+    model = _loaded_model(saved)
+    before = state_of(model)
+    with pytest.raises(AdapterConfigError, match="field alpha_pattern"):
+        model.load_adapter(bad, adapter_name="x")
+    assert_same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_an_install_that_fails_midway_is_rolled_back(saved, monkeypatch, fail_at):
+    """Every input is checked first, so only an exhausted resource can fail an install; it is undone."""
+    from adapterkit.core.layer import LoraAdapters
+
+    folder, expected = saved
+    model = _loaded_model(saved)
+    before = state_of(model)
+    real_add, calls = LoraAdapters.add, []
+
+    def failing_add(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise MemoryError("out of memory (injected)")
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraAdapters, "add", failing_add)
+    with pytest.raises(MemoryError):
+        model.load_adapter(folder, adapter_name="x")
+    monkeypatch.setattr(LoraAdapters, "add", real_add)
+    assert_same_state(before, state_of(model))
+    model.load_adapter(folder, adapter_name="x")
+    model.set_adapter("x")
+    assert max_diff(logits(model), expected) == 0.0
+
+
+BAD_NAMES = ["", ".", "a.b", "a/b", "a\\b", "__base__", None, 7, ["x"], "a\x00b", "tab\there", "x" * 300, "\ud800"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:12] for n in BAD_NAMES])
+def test_unusable_adapter_names_are_typed_errors(saved, name):
+    from adapterkit import AdapterError, InvalidAdapterNameError
+
+    folder, _ = saved
+    model = _loaded_model(saved)
+    before = state_of(model)
+    for attempt in (lambda: model.load_adapter(folder, adapter_name=name),
+                    lambda: model.add_adapter(name, LoraConfig(r=2, target_modules=["q_proj"]))):
+        with pytest.raises(InvalidAdapterNameError) as info:
+            attempt()
+        assert isinstance(info.value, (AdapterError, ValueError)) and "Pick another name" in str(info.value)
+    assert_same_state(before, state_of(model))
+
+
+def test_values_that_overflow_the_models_dtype_are_refused_unless_allowed(saved, tmp_path):
+    """Finite in the file, inf once copied into a float16 model: as poisonous as a NaN."""
+    from adapterkit import NonFiniteAdapterError
+
+    folder, _ = saved
+    bad = copy_folder(folder, tmp_path / "bad", edit_tensors=lambda t: t.update(
+        {k: v * 1e6 for k, v in t.items() if k.endswith("layers.1.self_attn.q_proj.lora_B.weight")}))
+    AdapterModel.from_pretrained(tiny_llama(), bad, adapter_name="fine-in-float32")
+    half = tiny_llama().half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a float16 copy fingerprints like its float32 base, or not: not the point
+        with pytest.raises(NonFiniteAdapterError, match="float16"):
+            AdapterModel.from_pretrained(half, bad)
+        AdapterModel.from_pretrained(tiny_llama().half(), bad, allow_nonfinite=True)

@@ -31,6 +31,10 @@ COMMANDS = {
                 "adapterkit.cli.adapter_commands", "add_convert", "run_convert"),
     "combine": ("combine adapters by weight (linear, cat, svd, ties, dare, ...) into one adapter folder",
                 "adapterkit.cli.combine_command", "add_combine", "run_combine"),
+    "check": ("tell whether a serving engine (vLLM) will load an adapter folder, and how to fix it",
+              "adapterkit.cli.vllm_commands", "add_check", "run_check"),
+    "export": ("write an adapter folder a serving engine (vLLM) loads, if a lossless conversion exists",
+               "adapterkit.cli.vllm_commands", "add_export", "run_export"),
     "serve": ("serve adapters over one base: an OpenAI-compatible HTTP server",
               "adapterkit.cli.serve_command", "add_serve", "run_serve"),
 }

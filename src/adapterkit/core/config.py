@@ -17,15 +17,16 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterkit.errors import AdapterConfigError, UnsupportedAdapterError
+from adapterkit.core.config_checks import RANK_ALPHA_KEY_REGEX, check_fields, config_error
+from adapterkit.core.config_checks import is_base_init as is_base_init  # re-exported: callers import it from here
+from adapterkit.core.config_json import read_json_object
+from adapterkit.errors import AdapterConfigError, AdapterFileUnreadableError, UnsupportedAdapterError
 
 CONFIG_NAME = "adapter_config.json"
 PEFT_FORMAT_VERSION = "0.21.2"  # the PEFT release whose format we write
 
 # Fields a file must state: a default here would silently change outputs.
 REQUIRED_ON_READ = ("peft_type", "r", "lora_alpha")
-
-_BIAS_CHOICES = ("none", "all", "lora_only")
 
 # Classifier heads PEFT trains alongside LoRA for these task types.
 TASK_HEADS = {
@@ -74,6 +75,7 @@ class LoraConfig:
     alora_invocation_tokens: Any = None
 
     def __post_init__(self) -> None:
+        check_fields(vars(self))  # before normalising: sorted() of a mixed-type set would raise
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if isinstance(self.exclude_modules, (set, tuple)):
@@ -84,23 +86,15 @@ class LoraConfig:
             self.layers_to_transform = [self.layers_to_transform]
         if hasattr(self.peft_type, "value"):  # a PEFT enum handed over by ported code
             self.peft_type = self.peft_type.value
-        if hasattr(self.task_type, "value"):
-            self.task_type = self.task_type.value
+        task_value = getattr(self.task_type, "value", None)
+        if task_value is not None:
+            self.task_type = task_value
         self.validate()
 
     # --- checks -------------------------------------------------------------
     def validate(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise AdapterConfigError(f"LoraConfig.r must be a positive integer, got {self.r!r}.")
-        if self.bias not in _BIAS_CHOICES:
-            raise AdapterConfigError(
-                f"LoraConfig.bias must be one of {_BIAS_CHOICES}, got {self.bias!r}."
-            )
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            raise AdapterConfigError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        for name, rank in self.rank_pattern.items():
-            if not isinstance(rank, int) or rank <= 0:
-                raise AdapterConfigError(f"rank_pattern[{name!r}] must be a positive integer, got {rank!r}.")
+        """Types and ranges of every field (core.config_checks), then how fields combine."""
+        check_fields(vars(self))
         if isinstance(self.target_modules, str):
             for name in ("layers_to_transform", "layers_pattern"):
                 if getattr(self, name) is not None:  # PEFT refuses this too; it would be ignored
@@ -108,12 +102,6 @@ class LoraConfig:
                         f"LoraConfig.{name} cannot be used when target_modules is a string "
                         f"({self.target_modules!r}): give target_modules as a list of module names instead."
                     )
-        if self.init_lora_weights not in (True, False, "gaussian") and not is_base_init(self.init_lora_weights):
-            raise UnsupportedAdapterError(
-                f"init_lora_weights={self.init_lora_weights!r} is not supported; "
-                "use True (B = 0: a new adapter changes nothing), False (random B), 'gaussian', "
-                "'pissa', 'pissa_niter_N' (N >= 1) or 'olora'."
-            )
 
     def check_supported(self) -> None:
         """Refuse options that would change outputs and that we do not implement."""
@@ -171,48 +159,54 @@ class LoraConfig:
                 "adapterkit will not guess them. Add them to the file (PEFT writes all three)."
             )
         known = {f.name for f in dataclasses.fields(cls)}
-        # Fields PEFT writes that do not change a plain LoRA's outputs when left at their defaults.
-        ignorable = {"peft_version", "auto_mapping", "megatron_config", "megatron_core", "loftq_config",
-                     "eva_config", "corda_config", "lora_ga_config", "velora_config", "qalora_group_size",
-                     "monteclora_config", "runtime_config", "use_bdlora", "arrow_config", "kasa_config",
-                     "ensure_weight_tying"}
-        unknown = sorted(set(data) - known - ignorable)
+        kwargs: dict[str, Any] = {}
+        try:
+            check_fields(data)  # before copying: a value nested too deep would overflow deepcopy
+            for key, value in data.items():
+                if key in known:
+                    kwargs[key] = _copied(key, value)
+            config = cls(**kwargs)
+        except AdapterConfigError as exc:
+            raise type(exc)(f"{source} is not a valid LoRA config: {exc}") from exc
+        # Warned only once the config is valid: a refused file gets one message, not two.
+        unknown = sorted(set(data) - known - _IGNORABLE)
         if unknown:
             warnings.warn(
                 f"{source} has fields this adapterkit does not know ({', '.join(unknown)}), probably "
                 "from a newer PEFT; they are ignored. Check that the adapter does not rely on them.",
                 stacklevel=3,
             )
-        kwargs = {k: copy.deepcopy(v) for k, v in data.items() if k in known}
-        try:
-            config = cls(**kwargs)
-        except (TypeError, AdapterConfigError) as exc:
-            raise AdapterConfigError(f"{source} is not a valid LoRA config: {exc}") from exc
         return config
 
     @classmethod
     def from_json_file(cls, path: str) -> LoraConfig:
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise AdapterConfigError(f"{path} is not valid JSON ({exc}); re-save the adapter.") from exc
-        if not isinstance(data, dict):
-            raise AdapterConfigError(f"{path} must hold a JSON object, found {type(data).__name__}.")
-        return cls.from_dict(data, source=path)
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise AdapterFileUnreadableError(
+                f"{path} cannot be read ({exc.strerror or exc}); check its permissions, or save the adapter again."
+            ) from exc
+        return cls.from_dict(read_json_object(raw, path), source=path)
 
 
-_PISSA_NITER = re.compile(r"pissa_niter_[1-9][0-9]*")
+# Fields PEFT writes that do not change a plain LoRA's outputs when left at their defaults.
+_IGNORABLE = {"peft_version", "auto_mapping", "megatron_config", "megatron_core", "loftq_config",
+              "eva_config", "corda_config", "lora_ga_config", "velora_config", "qalora_group_size",
+              "monteclora_config", "runtime_config", "use_bdlora", "arrow_config", "kasa_config",
+              "ensure_weight_tying"}
 
 
-def is_base_init(init: object) -> bool:
-    """Does this init_lora_weights value read (and change) the base weight? (PiSSA, OLoRA: core.init)"""
-    return isinstance(init, str) and (init in ("pissa", "olora") or _PISSA_NITER.fullmatch(init) is not None)
+def _copied(key: str, value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except RecursionError:
+        raise config_error(key, value, "a value nested a few levels deep at most") from None
 
 
 def _pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
     """PEFT's rule: a pattern key matches a module name ending in it at a dot boundary (regex allowed)."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_name):
+        if re.match(RANK_ALPHA_KEY_REGEX.format(key=key), module_name):
             return key
     return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from adapterkit.core.config import LoraConfig
+from adapterkit.core.config_checks import LAYERS_PATTERN_REGEX
 from adapterkit.core.injection import ModulesToSave, walk
 from adapterkit.core.kinds import EMBEDDING, ModuleKind, kind_of
 from adapterkit.errors import TargetModulesError
@@ -47,7 +48,7 @@ def _layer_index(name: str, layers_pattern: list[str] | str | None) -> int | Non
         patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
         match = None
         for pattern in patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            match = re.match(LAYERS_PATTERN_REGEX.format(pattern=pattern), name)
             if match:
                 break
     return int(match.group("idx")) if match else None
@@ -84,6 +85,9 @@ def find_targets(model: nn.Module, config: LoraConfig,
     saved = config.head_modules_to_save()
     found: list[TargetedModule] = []
     used_entries: set[str] = set()
+    # Modules target_modules matched but another field then dropped, by that field: when
+    # nothing is left, the error must blame the field that removed them.
+    dropped: dict[str, list[str]] = {}
     inside_saved = _names_inside_saved_wrappers(modules)
     for name, module in modules:
         kind = module_kind(module)
@@ -101,17 +105,26 @@ def find_targets(model: nn.Module, config: LoraConfig,
         # The entry names a real module even if exclusion drops it: PEFT expands
         # "all-linear" to every linear name and then applies exclude_modules.
         used_entries.add(entry)
-        if config.exclude_modules and _matches_name(config.exclude_modules, name):
+        remover = _remover(config, name, saved)
+        if remover is not None:
+            dropped.setdefault(remover, []).append(name)
             continue
-        if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
-            continue
-        if config.layers_to_transform is not None and not isinstance(target, str):
-            layers = config.layers_to_transform  # LoraConfig made an int a list
-            if _layer_index(name, config.layers_pattern) not in (layers if isinstance(layers, list) else [layers]):
-                continue
         found.append(TargetedModule(name, module, kind))
-    _check_coverage(model, config, found, used_entries)
+    _check_coverage(model, config, found, used_entries, dropped)
     return found
+
+
+def _remover(config: LoraConfig, name: str, saved: list[str]) -> str | None:
+    """The config field that keeps a module target_modules matched from being adapted, if any."""
+    if config.exclude_modules and _matches_name(config.exclude_modules, name):
+        return "exclude_modules"
+    if saved and any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in saved):
+        return "modules_to_save"
+    layers = config.layers_to_transform
+    if layers is not None and not isinstance(config.target_modules, str):
+        if _layer_index(name, config.layers_pattern) not in ([layers] if isinstance(layers, int) else layers):
+            return "layers_to_transform"
+    return None
 
 
 def _names_inside_saved_wrappers(modules) -> set[str]:
@@ -123,8 +136,10 @@ def _names_inside_saved_wrappers(modules) -> set[str]:
     return inside
 
 
-def _check_coverage(model, config, found, used_entries) -> None:
+def _check_coverage(model, config, found, used_entries, dropped: dict[str, list[str]]) -> None:
     target = config.target_modules
+    if not found and dropped:
+        raise TargetModulesError(_all_removed_message(config, dropped))
     if not found:
         raise TargetModulesError(
             f"target_modules={target!r} matched no adaptable module (Linear, Conv1D, Embedding) "
@@ -137,6 +152,25 @@ def _check_coverage(model, config, found, used_entries) -> None:
                 f"target_modules entries {unused} matched no adaptable module, while "
                 f"{sorted(used_entries)} did. Fix or drop them. Closest module names: {_closest(model, unused)}."
             )
+
+
+def _all_removed_message(config: LoraConfig, dropped: dict[str, list[str]]) -> str:
+    """Name the field(s) that removed every module target_modules matched, and how many each."""
+    fields = sorted(dropped, key=lambda f: -len(dropped[f]))
+    parts = []
+    for field in fields:
+        value = getattr(config, field)
+        if field == "layers_to_transform":
+            indices = sorted({i for i in (_layer_index(n, config.layers_pattern) for n in dropped[field])
+                              if i is not None})
+            detail = (f"layers_to_transform={value!r} (layers_pattern={config.layers_pattern!r}) removed "
+                      f"{len(dropped[field])}: their layer indices are {indices or 'not found by that pattern'}")
+        else:
+            detail = f"{field}={value!r} removed {len(dropped[field])}, e.g. {dropped[field][:2]}"
+        parts.append(detail)
+    total = sum(len(v) for v in dropped.values())
+    return (f"{' and '.join(fields)} removed every module target_modules matched ({total} in all): "
+            f"{'; '.join(parts)}. Fix {' or '.join(fields)} so that some of them remain.")
 
 
 def _closest(model: nn.Module, target) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 from adapterkit.core.config import CONFIG_NAME, LoraConfig
 from adapterkit.errors import (
     AdapterConfigNotFoundError,
+    AdapterFileUnreadableError,
     AdapterFolderNotFoundError,
     AdapterWeightsNotFoundError,
     CorruptAdapterFileError,
@@ -47,6 +49,16 @@ class AdapterFiles:
     weights_path: Path | None = None
 
 
+def give_umask_mode(path: Path, like: Path) -> None:
+    """Give `path` the mode of `like`, a file created with plain open(): the mode the umask gives.
+
+    safetensors' save_file writes a temporary file (mode 0600) and renames it, so without
+    this a server running as another user could not read the weights. Copying the mode of a
+    freshly written file avoids reading the umask, which cannot be done without briefly
+    changing it for every thread of the process."""
+    os.chmod(path, stat.S_IMODE(os.stat(like).st_mode))
+
+
 def _write_one(folder: Path, config: LoraConfig, tensors: dict[str, torch.Tensor],
                metadata: dict[str, str], safe_serialization: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,6 +74,7 @@ def _write_one(folder: Path, config: LoraConfig, tensors: dict[str, torch.Tensor
     else:  # PEFT's legacy format, for tools that still want it
         weights = folder / LEGACY_BIN_NAME
         torch.save(compact, str(weights))
+    give_umask_mode(weights, like=folder / CONFIG_NAME)
     with open(weights, "rb+") as handle:
         os.fsync(handle.fileno())
 
@@ -100,7 +113,19 @@ def _listing(folder: Path) -> str:
     return ", ".join(names) if names else "nothing"
 
 
+def _check_openable(path: Path) -> None:
+    """Turn "cannot open" into an error that says so, rather than one that blames the contents."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise AdapterFileUnreadableError(
+            f"{path} cannot be read ({exc.strerror or exc}); check its permissions, or save the adapter again."
+        ) from exc
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    _check_openable(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -114,6 +139,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def read_legacy_bin(path: Path) -> dict[str, torch.Tensor]:
+    _check_openable(path)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -122,15 +148,30 @@ def read_legacy_bin(path: Path) -> dict[str, torch.Tensor]:
             "holds objects other than tensors, which adapterkit refuses to unpickle. "
             "Convert it with PEFT in a trusted environment, or re-save the adapter."
         ) from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise CorruptAdapterFileError(f"{path} does not hold a mapping of names to tensors.")
     return state
+
+
+def _not_a_file(path: Path) -> AdapterFileUnreadableError | None:
+    """An error for a name that exists but is not a regular file (a directory, a broken or looping link)."""
+    if path.is_file() or not (path.is_symlink() or path.exists()):
+        return None
+    what = "a directory" if path.is_dir() else "a broken or looping symbolic link" if path.is_symlink() \
+        else "not a regular file"
+    return AdapterFileUnreadableError(
+        f"{path} is {what}, not a file; replace it with the file that save_pretrained wrote.")
 
 
 def find_weights(folder: Path) -> Path:
     for name in (SAFETENSORS_NAME, LEGACY_BIN_NAME):
         if (folder / name).is_file():
             return folder / name
+    for name in (SAFETENSORS_NAME, LEGACY_BIN_NAME):
+        problem = _not_a_file(folder / name)
+        if problem:
+            raise problem
     raise AdapterWeightsNotFoundError(
         f"{folder} holds no {SAFETENSORS_NAME} (nor legacy {LEGACY_BIN_NAME}); it holds: "
         f"{_listing(folder)}. Point to the folder that save_pretrained wrote."
@@ -147,6 +188,9 @@ def read_adapter_folder(folder: str | os.PathLike) -> AdapterFiles:
     if not folder.is_dir():
         raise AdapterFolderNotFoundError(f"{folder} is a file, not an adapter folder. Pass the folder that holds {CONFIG_NAME}.")
     config_path = folder / CONFIG_NAME
+    problem = _not_a_file(config_path)
+    if problem:
+        raise problem
     if not config_path.is_file():
         raise AdapterConfigNotFoundError(
             f"{folder} holds no {CONFIG_NAME}; it holds: {_listing(folder)}. "

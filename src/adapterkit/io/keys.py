@@ -40,8 +40,8 @@ WRAPPED_WEIGHT = "base_layer.weight"
 
 
 @dataclass(frozen=True)
-class Slot:
-    """What one on-disk tensor is, in memory terms."""
+class TensorDestination:
+    """Where one on-disk tensor goes in the model: its role, its module, and for a saved module its parameter."""
 
     role: str  # "A", "B", "M" (DoRA magnitude), "saved" (a modules_to_save parameter), "bias", "base_weight" or "ignored"
     module: str  # the module's path in the user's model
@@ -61,7 +61,7 @@ def bias_key(module: str, lora_wrapped: bool) -> str:
     return f"{PREFIX}{module}.{WRAPPED_BIAS if lora_wrapped else 'bias'}"
 
 
-def parse_key(key: str, saved_modules: set[str]) -> Slot | None:
+def parse_key(key: str, saved_modules: set[str]) -> TensorDestination | None:
     """The in-memory meaning of an on-disk key, or None if it has none.
 
     `saved_modules` are the module paths trained in full (modules_to_save):
@@ -72,14 +72,14 @@ def parse_key(key: str, saved_modules: set[str]) -> Slot | None:
     rest = key[len(PREFIX):]
     for suffix, factor in SUFFIX_FACTOR.items():
         if rest.endswith("." + suffix):
-            return Slot(factor, rest[: -len(suffix) - 1])
+            return TensorDestination(factor, rest[: -len(suffix) - 1])
     for module in saved_modules:
         if rest.startswith(module + "."):
-            return Slot("saved", module, rest[len(module) + 1:])
+            return TensorDestination("saved", module, rest[len(module) + 1:])
     if rest.endswith("." + WRAPPED_WEIGHT):
-        return Slot("base_weight", rest[: -len(WRAPPED_WEIGHT) - 1])
+        return TensorDestination("base_weight", rest[: -len(WRAPPED_WEIGHT) - 1])
     if rest.endswith("." + WRAPPED_BIAS):
-        return Slot("bias", rest[: -len(WRAPPED_BIAS) - 1])
+        return TensorDestination("bias", rest[: -len(WRAPPED_BIAS) - 1])
     if rest.endswith(".bias"):
-        return Slot("bias", rest[: -len(".bias")])
+        return TensorDestination("bias", rest[: -len(".bias")])
     return None

@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,17 +32,18 @@ from adapterkit.errors import (
     AdapterCapacityError,
     AdapterExistsError,
     AdapterStateError,
-    BaseModelMismatchError,
+    InvalidAdapterNameError,
     NaNInMergeError,
     UnknownAdapterError,
 )
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
-from adapterkit.model.loading import LoadPlan, check_dora_targets, plan_load, resolve_saved_modules
+from adapterkit.model.loading import LoadPlan, check_dora_targets, check_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
+from adapterkit.model.values import check_values
 
 
 class ActiveAdapters(list):
@@ -137,7 +139,7 @@ class AdapterModel(nn.Module):
         else:
             rows = None
         with self._rows(adapter_names, args, kwargs, rows=rows):
-            return self.model.generate(*args, **kwargs)
+            return cast(Any, self.model).generate(*args, **kwargs)
 
     def _rows(self, adapter_names, args, kwargs, rows: int | None = None):
         if adapter_names is None:
@@ -169,13 +171,17 @@ class AdapterModel(nn.Module):
     def add_adapter(self, adapter_name: str, peft_config: LoraConfig, trainable: bool = True,
                     _activate: bool | None = None) -> None:
         """Attach a new adapter, initialised as `peft_config.init_lora_weights` says."""
+        _check_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterExistsError(
                 f"An adapter named {adapter_name!r} is already loaded. Pick another name, or "
                 f"delete_adapter({adapter_name!r}) first."
             )
-        _check_name(adapter_name)
+        peft_config.validate()  # a LoraConfig is mutable: fields may have changed since it was made
         peft_config.check_supported()
+        bad_scales = check_values(peft_config, {}).errors("", "LoraConfig")  # a NaN alpha poisons every output
+        if bad_scales:
+            raise bad_scales[0]
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self, peft_config, targets)
         check_dora_targets(peft_config, targets)
@@ -354,56 +360,51 @@ class AdapterModel(nn.Module):
 
     # --- loading ----------------------------------------------------------------------
     def load_adapter(self, model_id: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False,
-                     overwrite: bool = False, strict_base: bool = False, **_ignored) -> None:
-        """Load a PEFT adapter folder under `adapter_name`. Every key and shape is checked
-        before the model is touched: on any error the model is exactly as before."""
+                     overwrite: bool = False, strict_base: bool = False, allow_nonfinite: bool = False,
+                     **_ignored) -> None:
+        """Load a PEFT adapter folder under `adapter_name`. Everything (config fields, keys, shapes,
+        dtypes, finite values and scales, the base) is checked before the model is touched, by
+        model.loading.check_load, the function `adapterkit verify` runs too: on any error the
+        model is exactly as before. `allow_nonfinite=True` accepts NaN / inf values."""
         _check_name(adapter_name)
         files = read_adapter_folder(model_id)
-        config = files.config
-        config.check_supported()
-        recorded = BaseFingerprint.from_metadata(files.metadata)
-        self._check_base(recorded, files.weights_path, strict_base)
         if adapter_name in self.peft_config and not overwrite and not self._is_noop(adapter_name):
             raise AdapterExistsError(
                 f"An adapter named {adapter_name!r} is already loaded and holds trained weights. "
                 f"Load under another name (adapter_name=...), or pass overwrite=True to replace it."
             )
-        # Every key and shape is checked here, before the model changes. (A same-name
-        # adapter being replaced targets the same modules, so planning with it still
-        # attached sees the layout a fresh load would.)
-        plan = plan_load(self.model, config, files.tensors, str(files.weights_path), recorded,
-                         self._module_walk(), self._targets_for(config))
+        # (A same-name adapter being replaced targets the same modules, so checking with it
+        # still attached sees the layout a fresh load would.)
+        check = check_load(self.model, files, self.base_fingerprint, strict_base=strict_base,
+                           allow_nonfinite=allow_nonfinite, modules=self._module_walk(),
+                           targets_for=self._targets_for)
+        for message in check.warnings:
+            warnings.warn(message, stacklevel=2)
+        check.raise_first()
+        plan, config = check.plan, files.config
+        assert plan is not None  # check_load plans whenever it found no problem
         check_base_init(self, config, plan.targets)
-        check_dora_targets(config, plan.targets)
         was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid
         config.inference_mode = not is_trainable
-        self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
-                      False if was_active else None, factors=plan.factors)
-        self._fill(adapter_name, plan)
-        if is_base_init(config.init_lora_weights):  # as PEFT: the base becomes the residual the file was trained on
-            apply_base_init(self, adapter_name, config, write_factors=False)
+        try:
+            self._install(adapter_name, config, plan.targets, plan.saved_modules, is_trainable, None,
+                          False if was_active else None, factors=plan.factors)
+            self._fill(adapter_name, plan)
+            if is_base_init(config.init_lora_weights):  # as PEFT: the base becomes the residual the file was trained on
+                apply_base_init(self, adapter_name, config, write_factors=False)
+        except BaseException:
+            # Only an exhausted resource can fail here (every input was checked): undo the part done.
+            self._discard_partial(adapter_name)
+            raise
         if was_active:  # a replaced adapter stays active, beside the others that were
             self._activate(was_active)
 
-    def _check_base(self, recorded: BaseFingerprint | None, path, strict: bool) -> None:
-        if recorded is not None and self.base_fingerprint.same_base_other_quantization(recorded):
-            warnings.warn(
-                f"{path} was trained on {recorded.describe()}; this model is {self.base_fingerprint.describe()}: "
-                "the same base, quantized differently. The adapter fits; outputs differ from the training "
-                "base's by the quantization error only.", stacklevel=3)
-            return
-        if recorded is None or self.base_fingerprint.matches(recorded):
-            return
-        message = (
-            f"{path} was trained on base {recorded.describe()}, but this model is "
-            f"{self.base_fingerprint.describe()}. Shapes may fit while outputs are wrong: load it onto "
-            "the base it was trained on."
-        )
-        if strict:
-            raise BaseModelMismatchError(message + " (strict_base=True)")
-        warnings.warn(message + " Pass strict_base=True to make this an error.", stacklevel=3)
+    def _discard_partial(self, adapter_name: str) -> None:
+        """Remove every trace of a half-installed adapter, as if its load had never started."""
+        self.peft_config.setdefault(adapter_name, LoraConfig())  # delete_adapter needs the name known
+        self.delete_adapter(adapter_name)
 
     def _is_noop(self, adapter_name: str) -> bool:
         loras = [lora for lora in self._loras().values() if lora.has(adapter_name)]
@@ -416,12 +417,16 @@ class AdapterModel(nn.Module):
     @torch.no_grad()
     def _fill(self, adapter_name: str, plan: LoadPlan) -> None:
         # The LoRA factors were written by _install; here the rest of the adapter.
+        module: Any  # a ModulesToSave, or a module with a bias / weight
         for path, params in plan.saved.items():
-            self.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
+            module = self.model.get_submodule(path)
+            module.modules_to_save[adapter_name].load_state_dict(params)
         for path, bias in plan.biases.items():
-            self.model.get_submodule(path).bias.copy_(bias)
+            module = self.model.get_submodule(path)
+            module.bias.copy_(bias)
         for path, weight in plan.base_weights.items():
-            current = self.model.get_submodule(path).weight
+            module = self.model.get_submodule(path)
+            current = module.weight
             if not torch.equal(current, weight.to(current.dtype)):
                 warnings.warn(
                     f"The adapter file carries a full weight for {path} (PEFT's save_embedding_layers) that "
@@ -430,9 +435,11 @@ class AdapterModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",
-                        is_trainable: bool = False, strict_base: bool = False, **kwargs) -> AdapterModel:
+                        is_trainable: bool = False, strict_base: bool = False, allow_nonfinite: bool = False,
+                        **kwargs) -> AdapterModel:
         wrapped = cls(model)
-        wrapped.load_adapter(model_id, adapter_name, is_trainable=is_trainable, strict_base=strict_base)
+        wrapped.load_adapter(model_id, adapter_name, is_trainable=is_trainable, strict_base=strict_base,
+                             allow_nonfinite=allow_nonfinite)
         wrapped.set_adapter(adapter_name)
         return wrapped
 
@@ -556,12 +563,19 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or "." in name or "/" in name or name == "__base__":
-        raise ValueError(
-            f"Adapter name {name!r} is not usable: it must be a non-empty string without '.' or '/', "
-            "and '__base__' is reserved for base rows in mixed batches."
-        )
+def _check_name(name: object) -> None:
+    """A name becomes a parameter key and, on save, a sub-folder name: it must be usable as both."""
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "it must be a non-empty string"
+    elif name == "__base__":
+        problem = "'__base__' is reserved for base rows in mixed batches"
+    elif any(ch in name for ch in "./\\") or not name.isprintable():
+        problem = "it must not contain '.', '/', '\\' or control characters"
+    elif len(name.encode("utf-8", "surrogatepass")) > 255 or any("\ud800" <= ch <= "\udfff" for ch in name):
+        problem = "it must be valid text of at most 255 bytes (it names a folder when saved)"
+    if problem:
+        raise InvalidAdapterNameError(f"Adapter name {name!r} is not usable: {problem}. Pick another name.")
 
 
 def _batch_size(args, kwargs) -> int | None:

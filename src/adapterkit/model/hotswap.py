@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,9 +27,8 @@ import torch
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.layer import lora_scale
 from adapterkit.errors import HotswapError
-from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import read_adapter_folder
-from adapterkit.model.loading import plan_load
+from adapterkit.model.loading import check_load
 
 
 @dataclass
@@ -131,7 +131,6 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
     files = read_adapter_folder(model_id)
     new = files.config
     new.check_supported()
-    model._check_base(BaseFingerprint.from_metadata(files.metadata), files.weights_path, strict=False)
     loras = {path: lora for path, lora in model._loras().items() if lora.has(adapter_name)}
     merged = [path for path, lora in loras.items() if adapter_name in lora.merged]
     if merged:
@@ -152,8 +151,14 @@ def plan_hotswap(model, model_id, adapter_name: str, compiled: bool) -> HotswapP
             raise HotswapError(
                 f"{model_id} has {name}={getattr(new, name)!r} but {adapter_name!r} has {getattr(old, name)!r}; "
                 f"a hotswap keeps the loaded adapter's {name}. Use load_adapter(..., overwrite=True) instead.")
-    plan = plan_load(model.model, new, files.tensors, str(files.weights_path), None, model._module_walk(),
-                     model._targets_for(new))
+    # The checks load_adapter makes (keys, shapes, dtypes, finite values, the base), before anything changes.
+    check = check_load(model.model, files, model.base_fingerprint, modules=model._module_walk(),
+                       targets_for=model._targets_for)
+    for message in check.warnings:
+        warnings.warn(message, stacklevel=4)
+    check.raise_first()
+    plan = check.plan
+    assert plan is not None  # check_load plans whenever it found no problem
     outside = sorted(set(plan.factors) - set(loras))
     if outside:
         raise HotswapError(

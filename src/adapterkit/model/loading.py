@@ -1,36 +1,44 @@
-"""Validate an adapter's tensors against a model before anything is changed.
+"""Every check a load makes, before anything changes: adapterkit's one validation path.
 
-`plan_load` reads nothing from the model but names and shapes; it raises on the
-first problem it can describe fully (all unexpected keys, all missing keys, all
-shape mismatches at once), so a failed load leaves the model exactly as it was.
+`check_load` reads from the model only names, shapes and its fingerprint. It checks the config
+first, raising, since nothing else can be checked without a valid config and its targets. It
+then compares every tensor with what the model expects (keys, shapes, floating dtypes, finite
+values, finite scales) and the recorded base, collecting every problem. `load_adapter` raises
+the first problem, `adapterkit verify` lists them all: the two agree on every input because
+they run this same function. A failed load therefore leaves the model exactly as it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
-from adapterkit.core.config import TASK_HEADS, LoraConfig
+from adapterkit.core.config import CONFIG_NAME, TASK_HEADS, LoraConfig
 from adapterkit.core.injection import ModulesToSave, lora_modules, walk
 from adapterkit.core.layer import adapter_tensor_shapes
 from adapterkit.core.targeting import TargetedModule, find_targets
 from adapterkit.errors import (
+    AdapterError,
     AdapterKeyMismatchError,
     AdapterShapeMismatchError,
+    BaseModelMismatchError,
     TargetModulesError,
     UnsupportedAdapterError,
 )
 from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
+from adapterkit.io.folder import AdapterFiles
+from adapterkit.model.values import ValueCheck, check_values
 
 
 @dataclass
 class LoadPlan:
     targets: list[TargetedModule]
     saved_modules: list[str]
-    # on-disk key -> (slot, tensor), every one checked
     factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"(,"M")}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
@@ -69,17 +77,17 @@ def _original(model: nn.Module, path: str) -> nn.Module:
 
 
 def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
-                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.Slot, tuple[int, ...]]]:
-    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]] = {}
+                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]:
+    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]] = {}
     modules = list(walk(model, modules))
     existing_loras = lora_modules(model, modules)
     for target in targets:
         rank = config.rank_for(target.name)
         for role, shape in adapter_tensor_shapes(target.kind, target.module, rank, config.use_dora).items():
-            expected[keys.factor_key(target.name, target.kind.name, role)] = (keys.Slot(role, target.name), shape)
+            expected[keys.factor_key(target.name, target.kind.name, role)] = (keys.TensorDestination(role, target.name), shape)
     for path in saved_modules:
         for param, tensor in _original(model, path).state_dict().items():
-            expected[keys.saved_key(path, param)] = (keys.Slot("saved", path, param), tuple(tensor.shape))
+            expected[keys.saved_key(path, param)] = (keys.TensorDestination("saved", path, param), tuple(tensor.shape))
     if config.bias != "none":
         target_names = {t.name for t in targets}
         if config.bias == "lora_only":
@@ -92,7 +100,7 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
             bias = getattr(module, "bias", None)
             if isinstance(bias, torch.Tensor):
                 wrapped = path in target_names or path in existing_loras
-                expected[keys.bias_key(path, wrapped)] = (keys.Slot("bias", path), tuple(bias.shape))
+                expected[keys.bias_key(path, wrapped)] = (keys.TensorDestination("bias", path), tuple(bias.shape))
     return expected
 
 
@@ -100,16 +108,17 @@ def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[Targete
 class TensorCheck:
     """How an adapter's tensors compare with what a model expects for its config."""
 
-    expected: dict[str, tuple[keys.Slot, tuple[int, ...]]]
+    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]
     unexpected: list[str]
     missing: list[str]
-    mismatched: list[tuple[str, keys.Slot, tuple[int, ...]]]  # key, slot, expected shape
+    mismatched: list[tuple[str, keys.TensorDestination, tuple[int, ...]]]  # key, destination, expected shape
+    values: ValueCheck
 
 
 def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor],
-                  targets: list[TargetedModule], saved_modules: list[str], modules=None) -> TensorCheck:
-    """Compare file tensors with the model, without changing anything. Both load_adapter
-    (which raises on the result) and `adapterkit verify` (which lists it) use this."""
+                  targets: list[TargetedModule], saved_modules: list[str], modules=None,
+                  allow_nonfinite: bool = False) -> TensorCheck:
+    """Compare file tensors with the model, without changing anything."""
     expected = expected_tensors(model, config, targets, saved_modules, modules)
 
     # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
@@ -117,7 +126,8 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
     for target in targets:
         key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
         if key in tensors:
-            optional[key] = (keys.Slot("base_weight", target.name), tuple(target.module.weight.shape))
+            shape = tuple(cast(torch.Tensor, target.module.weight).shape)
+            optional[key] = (keys.TensorDestination("base_weight", target.name), shape)
     # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
     # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
     # (the head the adapter replaces): accepted, and not used.
@@ -127,60 +137,139 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
                 for inner in ("modules_to_save", "original_module"):
                     key = f"{keys.PREFIX}{path}.{inner}.{param}"
                     if param.endswith("bias") and key in tensors:
-                        optional[key] = (keys.Slot("ignored", path, param), tuple(tensor.shape))
+                        optional[key] = (keys.TensorDestination("ignored", path, param), tuple(tensor.shape))
     expected.update(optional)
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
-    mismatched = [(key, slot, shape) for key, (slot, shape) in expected.items()
+    mismatched = [(key, dest, shape) for key, (dest, shape) in expected.items()
                   if key in tensors and tuple(tensors[key].shape) != shape]
-    return TensorCheck(expected, unexpected, missing, mismatched)
+    values = check_values(config, tensors, allow_nonfinite)
+    if not allow_nonfinite:
+        values.overflows = _overflows(model, expected, tensors, {t.name: t for t in targets}, set(values.nonfinite))
+    return TensorCheck(expected, unexpected, missing, mismatched, values)
 
 
-def plan_load(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor], source: str,
-              recorded_base: BaseFingerprint | None = None, modules=None, targets_and_saved=None) -> LoadPlan:
-    """`modules` (a snapshot of named_modules) and `targets_and_saved` (what find_targets and
-    resolve_saved_modules return for this config) may be passed in when the caller caches them."""
+def _overflows(model, expected, tensors, targets_by_name, skip: set[str]) -> list[tuple[str, torch.dtype]]:
+    """Tensors finite in the file whose values exceed the range of the dtype they are copied into."""
+    out = []
+    for key, (dest, _) in expected.items():
+        tensor = tensors.get(key)
+        if tensor is None or key in skip or not tensor.is_floating_point():
+            continue
+        if dest.role in ("A", "B", "M", "base_weight"):
+            into = targets_by_name[dest.module].module.weight.dtype
+        elif dest.role == "saved":
+            into = _original(model, dest.module).state_dict()[dest.param].dtype
+        elif dest.role == "bias":
+            into = model.get_submodule(dest.module).bias.dtype
+        else:
+            continue
+        if not into.is_floating_point:  # a quantized base: the adapter runs in its compute dtype
+            continue
+        limit = torch.finfo(into).max
+        if torch.finfo(tensor.dtype).max > limit and tensor.numel() and tensor.abs().max().item() > limit:
+            out.append((key, into))
+    return out
+
+
+@dataclass
+class LoadCheck:
+    """Everything check_load found: typed errors (load raises the first), one line per
+    individual problem (verify prints them), warnings, and the plan when nothing is wrong."""
+
+    problems: list[AdapterError]
+    lines: list[str]
+    warnings: list[str]
+    plan: LoadPlan | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_first(self) -> None:
+        if self.problems:
+            raise self.problems[0]
+
+
+def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, strict_base: bool = False,
+               allow_nonfinite: bool = False, modules=None,
+               targets_for: Callable[[LoraConfig], tuple[list[TargetedModule], list[str]]] | None = None,
+               ) -> LoadCheck:
+    """Run every check of loading `files` onto `model` (whose fingerprint is `base`).
+
+    Raises for a config that cannot be used at all (bad fields, unsupported options, targets
+    that match nothing); returns the rest. `modules` (a snapshot of named_modules) and
+    `targets_for` (find_targets + resolve_saved_modules, cached) may come from the caller."""
+    config = files.config
+    config.validate()  # again: a LoraConfig is mutable, and a caller may have edited it
+    config.check_supported()
     modules = list(walk(model, modules))
-    if targets_and_saved is None:
-        targets_and_saved = (find_targets(model, config, modules), resolve_saved_modules(model, config, modules))
-    targets, saved_modules = targets_and_saved
-    check = check_tensors(model, config, tensors, targets, saved_modules, modules)
-    expected, unexpected, missing = check.expected, check.unexpected, check.missing
-    base_note = _base_note(config, recorded_base)
-    if unexpected or missing:
+    if targets_for is None:
+        targets, saved_modules = find_targets(model, config, modules), resolve_saved_modules(model, config, modules)
+    else:
+        targets, saved_modules = targets_for(config)
+    check_dora_targets(config, targets)
+    check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
+    source, config_source = str(files.weights_path), str(files.folder / CONFIG_NAME)
+    problems: list[AdapterError] = []
+    lines: list[str] = []
+    warnings: list[str] = []
+
+    recorded = BaseFingerprint.from_metadata(files.metadata)
+    if recorded is not None and base.same_base_other_quantization(recorded):
+        warnings.append(f"{source} was trained on {recorded.describe()}; this model is {base.describe()}: the same "
+                        "base, quantized differently. The adapter fits; outputs differ from the training base's "
+                        "by the quantization error only.")
+    elif recorded is not None and not base.matches(recorded):
+        message = (f"{source} was trained on base {recorded.describe()}, but this model is {base.describe()}. "
+                   "Shapes may fit while outputs are wrong: load it onto the base it was trained on.")
+        if strict_base:
+            problems.append(BaseModelMismatchError(message + " (strict_base=True)"))
+            lines.append(f"trained on base {recorded.describe()}, but this base is {base.describe()}")
+        else:
+            warnings.append(message + " Pass strict_base=True to make this an error.")
+
+    base_note = _base_note(config, recorded)
+    if check.unexpected or check.missing:
         parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
-        raise AdapterKeyMismatchError(
+        if check.unexpected:
+            parts.append(f"{len(check.unexpected)} unexpected key(s), e.g. {check.unexpected[:3]}")
+        if check.missing:
+            parts.append(f"{len(check.missing)} missing key(s), e.g. {check.missing[:3]}")
+        problems.append(AdapterKeyMismatchError(
             f"{source} does not fit {type(model).__name__} with its own config: {'; '.join(parts)}. "
             f"The adapter was probably trained on another architecture{base_note}; load it onto that base, "
-            "or check target_modules in adapter_config.json."
-        )
-    mismatched = [
-        f"{slot.module} ({slot.role}{'.' + slot.param if slot.param else ''}): expected {list(shape)}, "
-        f"found {list(tensors[key].shape)}"
-        for key, slot, shape in check.mismatched
-    ]
-    if mismatched:
-        more = f" (and {len(mismatched) - 5} more)" if len(mismatched) > 5 else ""
-        raise AdapterShapeMismatchError(
-            f"{source} has tensors that do not fit this model: {'; '.join(mismatched[:5])}{more}. "
+            "or check target_modules in adapter_config.json."))
+        lines += [f"unexpected key {key}: no module of this base takes it" for key in check.unexpected]
+        lines += [f"missing key {key}" for key in check.missing]
+    if check.mismatched:
+        shapes = [f"{dest.module} ({dest.role}{'.' + dest.param if dest.param else ''}): expected {list(shape)}, "
+                  f"found {list(files.tensors[key].shape)}" for key, dest, shape in check.mismatched]
+        more = f" (and {len(shapes) - 5} more)" if len(shapes) > 5 else ""
+        problems.append(AdapterShapeMismatchError(
+            f"{source} has tensors that do not fit this model: {'; '.join(shapes[:5])}{more}. "
             f"The adapter was trained for another base or rank{base_note}. Load it onto the base it "
-            "was trained on, or fix r / rank_pattern in adapter_config.json."
-        )
+            "was trained on, or fix r / rank_pattern in adapter_config.json."))
+        lines += [f"{dest.module}: {key} has shape {list(files.tensors[key].shape)}, this base needs {list(shape)}"
+                  for key, dest, shape in check.mismatched]
+    problems += check.values.errors(source, config_source)
+    lines += check.values.lines()
+    plan = None if problems else _plan(targets, saved_modules, check.expected, files.tensors)
+    return LoadCheck(problems, lines, warnings, plan)
+
+
+def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
     plan = LoadPlan(targets, saved_modules)
-    for key, (slot, _) in expected.items():
+    for key, (dest, _) in expected.items():
         tensor = tensors[key]
-        if slot.role in ("A", "B", "M"):
-            plan.factors.setdefault(slot.module, {})[slot.role] = tensor
-        elif slot.role == "saved":
-            plan.saved.setdefault(slot.module, {})[slot.param] = tensor
-        elif slot.role == "base_weight":
-            plan.base_weights[slot.module] = tensor
-        elif slot.role == "bias":
-            plan.biases[slot.module] = tensor
+        if dest.role in ("A", "B", "M"):
+            plan.factors.setdefault(dest.module, {})[dest.role] = tensor
+        elif dest.role == "saved":
+            plan.saved.setdefault(dest.module, {})[dest.param] = tensor
+        elif dest.role == "base_weight":
+            plan.base_weights[dest.module] = tensor
+        elif dest.role == "bias":
+            plan.biases[dest.module] = tensor
     return plan
 
 

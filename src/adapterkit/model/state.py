@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -44,5 +46,5 @@ def adapter_tensors(model: nn.Module, config: LoraConfig, adapter: str) -> dict[
             for param, tensor in wrapper.modules_to_save[adapter].state_dict().items():
                 out[keys.saved_key(path, param)] = tensor
     for path, module in bias_modules(model, config, adapter).items():
-        out[keys.bias_key(path, lora_wrapped=path in loras)] = module.bias
+        out[keys.bias_key(path, lora_wrapped=path in loras)] = cast(torch.Tensor, module.bias)
     return out

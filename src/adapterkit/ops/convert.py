@@ -8,7 +8,13 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from adapterkit.errors import AdapterFolderNotFoundError, AdapterWeightsNotFoundError
-from adapterkit.io.folder import LEGACY_BIN_NAME, SAFETENSORS_NAME, adapter_subfolders, read_legacy_bin
+from adapterkit.io.folder import (
+    LEGACY_BIN_NAME,
+    SAFETENSORS_NAME,
+    adapter_subfolders,
+    give_umask_mode,
+    read_legacy_bin,
+)
 
 
 def convert_bin_to_safetensors(folder: str | Path, delete_bin: bool = False) -> Path:
@@ -25,6 +31,7 @@ def convert_bin_to_safetensors(folder: str | Path, delete_bin: bool = False) -> 
     target = folder / SAFETENSORS_NAME
     partial = folder / f".{SAFETENSORS_NAME}.partial"
     save_file(tensors, str(partial), metadata={"format": "pt"})
+    give_umask_mode(partial, like=source)  # save_file leaves 0600; readable by whoever could read the .bin
     os.replace(partial, target)
     if delete_bin:
         source.unlink()

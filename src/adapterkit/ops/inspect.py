@@ -1,10 +1,15 @@
-"""Describe an adapter folder without loading any model."""
+"""Describe an adapter folder without loading any model.
+
+What can be checked without a model is checked (config fields, unsupported options, file format, tensor dtypes,
+finite values and scales), by the same functions load_adapter uses; what needs a model
+(keys, shapes, the base) is `adapterkit verify`'s job."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adapterkit.core.config import CONFIG_NAME
 from adapterkit.files import sha256_file
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import (
@@ -12,10 +17,14 @@ from adapterkit.io.folder import (
     find_weights,
     read_adapter_folder,
 )
+from adapterkit.model.values import check_values
 
 
 @dataclass
-class AdapterSummary:
+class AdapterFolderSummary:
+    """What `adapterkit inspect` shows about one adapter folder (the store's AdapterSummary is
+    the indexed subset it keeps per version)."""
+
     folder: str
     peft_type: str
     rank: int
@@ -32,19 +41,25 @@ class AdapterSummary:
     weights_sha256: str
     base_name: str | None
     base_fingerprint: str | None
-    sub_adapters: list[AdapterSummary] = field(default_factory=list)
+    sub_adapters: list[AdapterFolderSummary] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def inspect_adapter(folder: str | Path, include_subfolders: bool = True) -> AdapterSummary:
+def inspect_adapter(folder: str | Path, include_subfolders: bool = True,
+                    allow_nonfinite: bool = False) -> AdapterFolderSummary:
     files = read_adapter_folder(folder)
     config = files.config
+    config.check_supported()  # an adapter adapterkit cannot load is an error here too, not a description
+    problems = check_values(config, files.tensors, allow_nonfinite).errors(
+        str(files.weights_path), str(Path(folder) / CONFIG_NAME))
+    if problems:
+        raise problems[0]
     weights = find_weights(Path(folder))
     recorded = BaseFingerprint.from_metadata(files.metadata)
     modules = {k.rsplit(".lora_", 1)[0] for k in files.tensors if ".lora_" in k}
-    summary = AdapterSummary(
+    summary = AdapterFolderSummary(
         folder=str(folder),
         peft_type=str(config.peft_type),
         rank=config.r,
@@ -63,5 +78,6 @@ def inspect_adapter(folder: str | Path, include_subfolders: bool = True) -> Adap
         base_fingerprint=recorded.digest if recorded else None,
     )
     if include_subfolders:
-        summary.sub_adapters = [inspect_adapter(Path(folder) / name, False) for name in adapter_subfolders(folder)]
+        summary.sub_adapters = [inspect_adapter(Path(folder) / name, False, allow_nonfinite)
+                                for name in adapter_subfolders(folder)]
     return summary

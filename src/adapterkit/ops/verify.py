@@ -1,60 +1,60 @@
-"""Check an adapter folder against a base model and list every problem, not just the first."""
+"""Check an adapter folder against a base model and list every problem, not just the first.
+
+This runs model.loading.check_load, the very function load_adapter runs, so verify says
+"ok" exactly when load_adapter (with the same strict_base / allow_nonfinite) would succeed.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from adapterkit.core.targeting import find_targets
 from adapterkit.errors import AdapterError
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder
-from adapterkit.model.loading import check_tensors, resolve_saved_modules
+from adapterkit.model.loading import check_load
 
 
 @dataclass
-class VerifyReport:
+class AdapterFitReport:
+    """Whether one adapter folder fits one base model, and every reason it does not."""
+
     folder: str
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checked_tensors: int = 0
+    # The typed error load_adapter would raise, when it would raise.
+    error: AdapterError | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.error is None
 
 
-def verify_adapter(folder: str | Path, model: nn.Module) -> VerifyReport:
-    """Everything that would stop (or silently spoil) loading `folder` onto `model`."""
-    report = VerifyReport(str(folder))
-    try:
-        files = read_adapter_folder(folder)
-        files.config.check_supported()
-        targets = find_targets(model, files.config)
-        saved = resolve_saved_modules(model, files.config)
-    except AdapterError as exc:
-        report.problems.append(str(exc))
-        return report
-    check = check_tensors(model, files.config, files.tensors, targets, saved)
-    report.problems += [f"unexpected key {key}: no module of this base takes it" for key in check.unexpected]
-    report.problems += [f"missing key {key}" for key in check.missing]
-    report.problems += [f"{slot.module}: {key} has shape {list(files.tensors[key].shape)}, this base needs {list(shape)}"
-                        for key, slot, shape in check.mismatched]
-    misfits = {key for key, _, _ in check.mismatched}
-    for key in check.expected:
-        tensor = files.tensors.get(key)
-        if tensor is None:
-            continue
-        report.checked_tensors += 1
-        if key not in misfits and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            report.problems.append(f"{key} holds NaN or inf")
-    recorded = BaseFingerprint.from_metadata(files.metadata)
-    here = base_fingerprint(model)
-    if recorded is None:
+def verify_adapter(folder: str | Path, model: nn.Module, *, strict_base: bool = True,
+                   allow_nonfinite: bool = False) -> AdapterFitReport:
+    """Everything that would stop (or silently spoil) loading `folder` onto `model`. A base other
+    than the recorded one is a problem by default (`strict_base=True`): verify is asked about
+    one base, and an adapter trained on another gives wrong outputs even when its shapes fit."""
+    report = AdapterFitReport(str(folder))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            files = read_adapter_folder(folder)
+            check = check_load(model, files, base_fingerprint(model), strict_base=strict_base,
+                               allow_nonfinite=allow_nonfinite)
+        except AdapterError as exc:
+            report.error = exc
+            report.problems.append(str(exc))
+            return report
+    report.warnings += [str(w.message) for w in caught] + check.warnings
+    if BaseFingerprint.from_metadata(files.metadata) is None:
         report.warnings.append("no base fingerprint recorded (saved by PEFT or an older tool): base not checked")
-    elif not here.matches(recorded):
-        report.problems.append(f"trained on base {recorded.describe()}, but this base is {here.describe()}")
+    report.problems += check.lines
+    report.checked_tensors = len(files.tensors)
+    if check.problems:
+        report.error = check.problems[0]
     return report

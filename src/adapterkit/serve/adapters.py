@@ -39,6 +39,8 @@ from adapterkit.serve.errors import AdapterLoadError, BadRequestError, ModelNotF
 
 # How long a request waits for a free adapter slot when every loaded adapter is in use.
 ROOM_WAIT_S = 30.0
+# A `lora_path` naming a stored version (`store:name@3`), and the `root` /v1/models shows for one.
+STORE_PATH_PREFIX = "store:"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class AdapterSource:
     store_ref: str | None = None  # name@N, resolved
 
     def describe(self) -> str:
-        return str(self.path) if self.path is not None else f"store:{self.store_ref}"
+        return str(self.path) if self.path is not None else f"{STORE_PATH_PREFIX}{self.store_ref}"
 
 
 @dataclass(eq=False)
@@ -183,7 +185,7 @@ class ResidentAdapters:
             raise BadRequestError(
                 f"an adapter named {name!r} is already loaded (from {self.named[name].describe()}); unload it "
                 "first, or pass \"load_inplace\": true to replace it", param="lora_name")
-        source = AdapterSource(path=Path(path).expanduser())
+        source = await self._admin_source(path)
         async with self._locked(name):
             internal = self._internal_name(name)
             await self._load_into_slot(source, internal)
@@ -193,6 +195,16 @@ class ResidentAdapters:
         if old is not None:
             await self._retire(old)
         return resident
+
+    async def _admin_source(self, path: str) -> AdapterSource:
+        """A folder, or with the `store:` prefix a stored version (the playground's load button sends those)."""
+        if not path.startswith(STORE_PATH_PREFIX):
+            return AdapterSource(path=Path(path).expanduser())
+        if self.store is None:
+            raise BadRequestError(f"lora_path {path!r} names a stored adapter but this server has no store; "
+                                  "start it with --store [ROOT], or give a folder", param="lora_path")
+        _, source = await self._resolve_store_ref(path[len(STORE_PATH_PREFIX):])
+        return source
 
     async def unload(self, name: str) -> None:
         """Forget adapter `name` (a named one, or a resident store ref); its memory is freed

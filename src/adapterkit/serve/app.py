@@ -14,7 +14,6 @@ import hmac
 import json
 import time
 import uuid
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +31,7 @@ from adapterkit.serve.errors import (
 from adapterkit.serve.generation import GenerationRun, check_lengths
 from adapterkit.serve.limits import BodySizeLimit
 from adapterkit.serve.metrics import CONTENT_TYPE
+from adapterkit.serve.playground import add_playground
 from adapterkit.serve.protocol import (
     UNSUPPORTED,
     ChatCompletionRequest,
@@ -41,9 +41,6 @@ from adapterkit.serve.protocol import (
     UnloadLoraRequest,
 )
 from adapterkit.serve.state import ServeConfig, ServerState
-
-# A web page (the playground) can be shipped here; it is served at / when present.
-STATIC_DIR = Path(__file__).parent / "static"
 
 
 def build_app(model, tokenizer, config: ServeConfig, store=None, state: ServerState | None = None) -> FastAPI:
@@ -125,10 +122,7 @@ def build_app(model, tokenizer, config: ServeConfig, store=None, state: ServerSt
         await state.adapters.unload(body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
-    if STATIC_DIR.is_dir():
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    add_playground(app, state, check_key=_check_key)  # the web page at /
     return app
 
 

@@ -92,3 +92,12 @@ class DrainingError(ServeError):
     def __init__(self, message: str = "the server is shutting down and finishes the requests in flight; "
                                       "retry on another instance") -> None:
         super().__init__(message, headers={"Retry-After": "1"})
+
+
+# --- playground (the web page at /) -------------------------------------------------------
+class StoreNotConfiguredError(ServeError):
+    """The store browser was asked for, but the server runs without --store."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "store_not_configured"

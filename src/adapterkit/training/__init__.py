@@ -1,6 +1,7 @@
 """Training LoRA adapters on chat data, and scoring them by held-out exact match."""
 
 from adapterkit.training.data import ChatExample, load_jsonl, write_jsonl
+from adapterkit.training.distributed import ReplicaGroup
 from adapterkit.training.errors import ChatTemplateError, CheckpointError, TrainingDataError
 from adapterkit.training.evaluate import EvalResult, exact_match, generate_responses
 from adapterkit.training.tasks import TASK_NAMES, Task, make_task, recommended_lora_config
@@ -12,6 +13,7 @@ __all__ = [
     "ChatTemplateError",
     "CheckpointError",
     "EvalResult",
+    "ReplicaGroup",
     "Task",
     "TrainConfig",
     "TrainResult",

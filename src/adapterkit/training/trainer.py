@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from adapterkit.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint_state, save_checkpoint
 from adapterkit.training.collate import collate_training
 from adapterkit.training.data import ChatExample
+from adapterkit.training.distributed import ReplicaGroup
 from adapterkit.training.encoding import IGNORE_INDEX, EncodedExample, encode_example
 from adapterkit.training.errors import CheckpointError
 from adapterkit.training.order import ExampleOrder
@@ -80,14 +81,20 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: TrainConfig | None = None,
-          resume_from: str | Path | None = None) -> TrainResult:
+          resume_from: str | Path | None = None, group: ReplicaGroup | None = None) -> TrainResult:
     """Train `model`'s trainable parameters on `examples`; returns losses and timings.
 
     `resume_from` is a checkpoint folder, or "latest" for the newest complete
     checkpoint in `config.output_dir`. A resumed run ends with the same weights
     as an uninterrupted one.
+
+    `group` (distributed.py) splits each global micro-batch across processes and sums
+    their adapter gradients; every rank calls `train` with the same arguments, and
+    rank 0 alone writes checkpoints. Losses and tokens are the whole group's.
     """
     config = config or TrainConfig()
+    group = group or ReplicaGroup()
+    group.check_batch_size(config.batch_size)
     encoded = [encode_example(tokenizer, example) for example in examples]
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
@@ -103,14 +110,16 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
     was_training = model.training
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start_step, desc="train", disable=not config.progress, file=sys.stderr)
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", disable=not (config.progress and group.is_writer),
+               file=sys.stderr)
     try:
         for step in range(start_step, config.steps):
+            group.seed_step(config.seed, step)
             batches = [
-                [encoded[i] for i in order.micro_batch(step * config.grad_accum + m, config.batch_size)]
+                group.shard([encoded[i] for i in order.micro_batch(step * config.grad_accum + m, config.batch_size)])
                 for m in range(config.grad_accum)
             ]
-            loss, tokens = _optimizer_step(model, tokenizer, batches, config, params, optimizer)
+            loss, tokens = _optimizer_step(model, tokenizer, batches, config, params, optimizer, group)
             scheduler.step()
             result.losses.append(loss)
             result.tokens += tokens
@@ -120,7 +129,10 @@ def train(model: nn.Module, tokenizer, examples: Sequence[ChatExample], config: 
             done = step + 1
             if config.output_dir and _checkpoint_due(done, config):
                 state = _snapshot(done, result.losses, config, params, optimizer, scheduler)
-                result.last_checkpoint = save_checkpoint(model, checkpoint_dir(config.output_dir, done), state)
+                group.assert_replicas_identical(list(params.values()))
+                target = checkpoint_dir(config.output_dir, done)
+                group.write_on_writer(save_checkpoint, model, target, state)
+                result.last_checkpoint = target
     finally:
         bar.close()
         model.train(was_training)
@@ -135,26 +147,35 @@ def _checkpoint_due(done: int, config: TrainConfig) -> bool:
 
 
 def _optimizer_step(model, tokenizer, batches: list[list[EncodedExample]], config: TrainConfig,
-                    params: dict[str, nn.Parameter], optimizer) -> tuple[float, int]:
-    """Accumulate gradients over `batches`, then step; returns (mean token loss, tokens seen)."""
+                    params: dict[str, nn.Parameter], optimizer, group: ReplicaGroup) -> tuple[float, int]:
+    """Accumulate gradients over `batches` (this rank's share of each micro-batch), sum them
+    over the group, then step; returns (mean token loss, tokens seen), both the group's."""
     side = "left" if config.trim_logits else "right"
+    device = next(iter(params.values())).device
     collated = [collate_training(batch, tokenizer.pad_token_id, side) for batch in batches]
     # Each micro-batch's mean loss is weighted by its share of the step's predicted
-    # tokens, so accumulation gives the same gradient as one big batch.
+    # tokens, over every rank, so accumulation and splitting give the same gradient
+    # as one big batch.
     counts = [int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated]
-    total = max(1, sum(counts))
+    total = max(1, int(group.sum([sum(counts)])[0]))
     step_loss, tokens = 0.0, 0
     for batch, padded, count in zip(batches, collated, counts):
-        inputs: dict[str, Any] = dict(padded)
+        inputs: dict[str, Any] = {key: value.to(device) for key, value in padded.items()}
         if config.trim_logits:
             # Left padding puts every response at the end; the logit before the
             # first response token is the last one the loss needs.
             keep = max(example.response_length for example in batch) + 1
-            inputs.update(labels=padded["labels"][:, -keep:], logits_to_keep=keep)
-        loss = model(**inputs).loss * (count / total)
+            inputs.update(labels=inputs["labels"][:, -keep:], logits_to_keep=keep)
+        output = model(**inputs)
+        # A share with no predicted token (its mean loss is NaN) still runs forward and backward,
+        # adding zero: with a sharded base every rank must take part in every all-gather.
+        loss = output.loss * (count / total) if count else output.logits.sum() * 0.0
         loss.backward()
         step_loss += float(loss.detach())
         tokens += int(inputs["attention_mask"].sum())
+    group.reduce_gradients(list(params.values()))
+    step_loss, group_tokens = group.sum([step_loss, tokens])
+    tokens = int(group_tokens)
     if config.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
     optimizer.step()

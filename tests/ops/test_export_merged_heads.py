@@ -1,4 +1,4 @@
-"""Regressions found in review: merged exports of tied heads, and of modules_to_save heads."""
+"""Merged exports of heads: an adapted tied head is written untied, a modules_to_save head under the base keys."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Regression found in review: PEFT refuses layer selection with a string target_modules;
-adapterkit ignored it and adapted every layer."""
+"""Layer selection (layers_to_transform, layers_pattern) needs target_modules as a list: PEFT
+refuses it with a string, which would otherwise silently adapt every layer."""
 
 from __future__ import annotations
 

@@ -8,39 +8,14 @@ import contextlib
 import socket
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.serve.background import BackgroundServer
-from helpers import VOCAB, randomize_adapter, tiny_llama
+from helpers import randomize_adapter, save_tiny_base, tiny_llama, tiny_tokenizer  # noqa: F401 (re-exported)
 
-WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"] + [f"w{i}" for i in range(VOCAB - 5)]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<' + m['role'] + '> ' + m['content'] + ' <eos> ' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<assistant> ' }}{% endif %}"
-)
 ADAPTERS = 20
 MAX_MODEL_LEN = 32
 API_KEY = "test-key"
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {word: i for i, word in enumerate(WORDS)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def save_tiny_base(folder):
-    model = tiny_llama(seed=0)
-    model.config.pad_token_id, model.config.eos_token_id = 0, 1
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def save_random_adapters(base_dir, root, count: int = ADAPTERS) -> dict[str, object]:

@@ -31,6 +31,9 @@ from adapterkit.store.summary import BaseRef
 _SCHEMA_VERSION = 1
 # Any constant both begin_lease and collect agree on; "adapterkit" as ASCII in a bigint.
 _LEASE_LOCK = 0x61646170746572
+# Every transaction that writes versions, files or tags takes this lock first (and before _LEASE_LOCK),
+# so writers run one at a time as on SQLite: a rm racing an import's foreign-key checks deadlocked.
+_WRITE_LOCK = _LEASE_LOCK + 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS adapterkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, next_version BIGINT NOT NULL);
@@ -170,6 +173,7 @@ class PostgresIndex:
         conn = self._connection()
         added: list[tuple[NewVersion, int, int]] = []
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             (created,) = conn.execute("SELECT " + _NOW).fetchone()
             # Lock every name in one order first: two imports of overlapping names cannot deadlock.
             next_number = {}
@@ -266,6 +270,7 @@ class PostgresIndex:
     def remove(self, name: str, version: int | None = None) -> list[VersionRecord]:
         conn = self._connection()
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             if version is None:
                 rows = conn.execute(SELECT_VERSIONS + " WHERE name = %s FOR UPDATE", (name,)).fetchall()
             else:
@@ -283,6 +288,7 @@ class PostgresIndex:
     def set_tag(self, name: str, tag: str, version: int) -> None:
         conn = self._connection()
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             found = conn.execute("SELECT 1 FROM versions WHERE name = %s AND version = %s FOR SHARE",
                                  (name, version)).fetchone()
             if found is None:
@@ -291,7 +297,10 @@ class PostgresIndex:
                          " ON CONFLICT (name, tag) DO UPDATE SET version = EXCLUDED.version", (name, tag, version))
 
     def remove_tag(self, name: str, tag: str) -> bool:
-        cursor = self._connection().execute("DELETE FROM tags WHERE name = %s AND tag = %s", (name, tag))
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            cursor = conn.execute("DELETE FROM tags WHERE name = %s AND tag = %s", (name, tag))
         return cursor.rowcount > 0
 
     # --- blobs ------------------------------------------------------------
@@ -312,6 +321,7 @@ class PostgresIndex:
         deleted = []
         conn = self._connection()
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK,))
             # A lease whose session has ended, or whose time is up, protects nothing any more.
             conn.execute(

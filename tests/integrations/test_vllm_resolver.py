@@ -18,13 +18,14 @@ from vllm_helpers import edit, saved_adapter, tensors
 
 from adapterkit.integrations.vllm.rules import check_for_vllm
 from adapterkit.store import AdapterStore
+from helpers import missing_tool
 
 try:
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    pytest.skip(f"vllm.lora.resolver does not import ({exc}); install vllm==0.33.0 with --no-deps and "
-                f"msgspec==0.23.0", allow_module_level=True)
+    missing_tool(f"vllm.lora.resolver does not import ({exc}); install vllm==0.33.0 with --no-deps and "
+                f"msgspec==0.23.0", module_level=True)
 
 from adapterkit.integrations.vllm.resolver import RESOLVER_NAME, StoreLoRAResolver
 

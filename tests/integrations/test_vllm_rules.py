@@ -18,6 +18,7 @@ from adapterkit.integrations.vllm.rules import (
     classify_key,
     smallest_max_rank_for,
 )
+from helpers import missing_tool
 
 # Each rule and the words vLLM's own error message uses for it (peft_helper.py).
 VLLM_WORDS = {
@@ -69,7 +70,7 @@ def test_config_rules_agree_with_vllm_peft_helper():
     try:
         from vllm.config.lora import LoRAConfig
     except ImportError as exc:
-        pytest.skip(f"vllm's PEFTHelper does not import here ({exc}); install vllm==0.33.0 --no-deps plus "
+        missing_tool(f"vllm's PEFTHelper does not import here ({exc}); install vllm==0.33.0 --no-deps plus "
                     f"msgspec, cbor2, pyzmq, aiohttp, openai-harmony")
     lora_configs = {rank: LoRAConfig(max_lora_rank=rank) for rank in MAX_LORA_RANKS}
     checked = refused = 0
@@ -107,7 +108,7 @@ def test_smallest_max_rank_is_vllms_next_allowed_value():
 
 def test_key_rules_agree_with_vllm_parse_fine_tuned_lora_name(tmp_path):
     if vllm_source("lora/utils.py") is None:
-        pytest.skip("vllm is not installed; install vllm==0.33.0 --no-deps")
+        missing_tool("vllm is not installed; install vllm==0.33.0 --no-deps")
     real = vllm_functions("lora/utils.py", ("parse_fine_tuned_lora_name", "is_base_embedding_weights"))
     keys = saved_keys(tmp_path)
     variants = set()

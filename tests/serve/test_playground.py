@@ -30,14 +30,11 @@ from serve_helpers import API_KEY, MAX_MODEL_LEN, ServerThread, free_port, servi
 
 from adapterkit import LoraConfig, get_peft_model
 from adapterkit.store import AdapterStore
-from helpers import randomize_adapter, tiny_llama
+from helpers import missing_tool, randomize_adapter, tiny_llama
 
 
 def _no_browser(reason: str) -> None:
-    """Skip, saying why; CI sets ADAPTERKIT_REQUIRE_BROWSER=1 so that a missing browser fails instead."""
-    if os.environ.get("ADAPTERKIT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and ADAPTERKIT_REQUIRE_BROWSER=1 says it must run", pytrace=False)
-    pytest.skip(f"{reason}: the playground's browser tests are skipped", allow_module_level=True)
+    missing_tool(f"{reason}: the playground's browser tests are skipped", module_level=True)
 
 
 try:

@@ -16,6 +16,7 @@ from postgres_server import PostgresServer, url_for_folder
 from store_helpers import write_peft_folder
 
 from adapterkit.store import AdapterStore
+from helpers import missing_tool
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -25,7 +26,7 @@ def postgres_server():
     server = PostgresServer()
     reason = server.missing()
     if reason:
-        pytest.skip(reason)
+        missing_tool(reason)
     url = server.start()
     yield url
     server.stop()

@@ -127,9 +127,8 @@ def test_put_with_a_bad_tag_stores_nothing(cli, make_folder, tmp_path, tag):
     assert len(list(cli.open().blobs.iter_blobs())) == 2
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # the option exists for the PostgreSQL index only
 def test_store_url_comes_from_the_environment_too(open_store, make_folder, tmp_path, monkeypatch, capsys):
-    if open_store.backend != "postgres":
-        pytest.skip("the PostgreSQL backend's option")
     root = tmp_path / "env-store"
     url = open_store.cli_args(root)[-1]
     monkeypatch.setenv("ADAPTERKIT_STORE_URL", url)

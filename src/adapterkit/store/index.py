@@ -297,18 +297,9 @@ class SQLiteIndex:
                 conn.execute("INSERT OR IGNORE INTO names (name, next_version) VALUES (?, 1)", (new.name,))
                 (number,) = conn.execute("SELECT next_version FROM names WHERE name = ?", (new.name,)).fetchone()
                 conn.execute("UPDATE names SET next_version = ? WHERE name = ?", (number + 1, new.name))
-                summary, base = new.summary, new.base
                 cursor = conn.execute(
-                    "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
-                    " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.name, number, created, summary.method, summary.rank, summary.alpha,
-                        json.dumps(summary.targets), summary.parameter_count, summary.bytes,
-                        json.dumps(summary.adapters),
-                        base.name if base else None, base.fingerprint if base else None,
-                        base.architecture if base else None, json.dumps(dict(new.metadata), sort_keys=True),
-                    ),
+                    f"INSERT INTO versions ({VERSION_COLUMNS}) VALUES ({', '.join('?' * len(VERSION_COLUMNS_LIST))})",
+                    version_row(new, number, created),
                 )
                 conn.executemany(
                     "INSERT INTO files (version_id, path, blob, size) VALUES (?, ?, ?, ?)",
@@ -497,6 +488,25 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# The columns a new version row is written with, in the order version_row gives its values
+# (both indexes, SQLite and PostgreSQL, write versions through these two).
+VERSION_COLUMNS_LIST = ("name", "version", "created_at", "method", "rank", "alpha", "targets", "parameter_count",
+                        "bytes", "adapters", "base_name", "base_fingerprint", "base_architecture", "metadata")
+VERSION_COLUMNS = ", ".join(VERSION_COLUMNS_LIST)
+
+
+def version_row(new: NewVersion, number: int, created: float) -> tuple:
+    """The values of a new version's row, in VERSION_COLUMNS order."""
+    summary, base = new.summary, new.base
+    return (
+        new.name, number, created, summary.method, summary.rank, summary.alpha,
+        json.dumps(summary.targets), summary.parameter_count, summary.bytes,
+        json.dumps(summary.adapters),
+        base.name if base else None, base.fingerprint if base else None,
+        base.architecture if base else None, json.dumps(dict(new.metadata), sort_keys=True),
+    )
 
 
 SELECT_VERSIONS = (

@@ -16,7 +16,6 @@ of a blob and its deletion (SQLite gets the same from its single writer).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -25,7 +24,17 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from adapterkit.store.errors import AdapterNotInStoreError, StoreError
-from adapterkit.store.index import SELECT_VERSIONS, NewVersion, StoredFile, VersionRecord, build_records, not_found_message
+from adapterkit.store.index import (
+    SELECT_VERSIONS,
+    VERSION_COLUMNS,
+    VERSION_COLUMNS_LIST,
+    NewVersion,
+    StoredFile,
+    VersionRecord,
+    build_records,
+    not_found_message,
+    version_row,
+)
 from adapterkit.store.summary import BaseRef
 
 _SCHEMA_VERSION = 1
@@ -184,18 +193,10 @@ class PostgresIndex:
             for new in versions:
                 number = next_number[new.name]
                 next_number[new.name] = number + 1
-                summary, base = new.summary, new.base
                 (row_id,) = conn.execute(
-                    "INSERT INTO versions (name, version, created_at, method, rank, alpha, targets, parameter_count,"
-                    " bytes, adapters, base_name, base_fingerprint, base_architecture, metadata)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (
-                        new.name, number, created, summary.method, summary.rank, summary.alpha,
-                        json.dumps(summary.targets), summary.parameter_count, summary.bytes,
-                        json.dumps(summary.adapters),
-                        base.name if base else None, base.fingerprint if base else None,
-                        base.architecture if base else None, json.dumps(dict(new.metadata), sort_keys=True),
-                    ),
+                    f"INSERT INTO versions ({VERSION_COLUMNS})"
+                    f" VALUES ({', '.join(['%s'] * len(VERSION_COLUMNS_LIST))}) RETURNING id",
+                    version_row(new, number, created),
                 ).fetchone()
                 with conn.cursor() as cur:
                     cur.executemany("INSERT INTO files (version_id, path, blob, size) VALUES (%s, %s, %s, %s)",

@@ -7,7 +7,6 @@ from rich.rule import Rule
 from rich.table import Table
 
 # Byte counts print in binary units everywhere; adapterkit.files owns the format.
-from adapterkit.files import format_bytes as human_bytes  # noqa: F401  (re-exported for the demo)
 
 console = Console(highlight=False)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from adapterkit.demo.console import human_bytes, say, section, table
+from adapterkit.demo.console import say, section, table
+from adapterkit.files import format_bytes
 from adapterkit.hf import load_base
 from adapterkit.model.adapter_model import AdapterModel, get_peft_model
 from adapterkit.model.mixed import BASE_ROW
@@ -77,7 +78,7 @@ def run_demo(quick: bool = False, workdir: str | Path | None = None, base: str =
     result.base_parameters = sum(p.numel() for p in model.parameters())
     result.full_copy_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     table("base", ["model", "parameters", "a full copy (float32)", "loaded in"],
-          [[base, f"{result.base_parameters:,d}", human_bytes(result.full_copy_bytes), f"{load_s:.1f} s"]])
+          [[base, f"{result.base_parameters:,d}", format_bytes(result.full_copy_bytes), f"{load_s:.1f} s"]])
 
     # 2 -------------------------------------------------------------------------------------
     section(2, "Two tasks the base model fails")

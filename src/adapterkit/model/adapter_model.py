@@ -183,7 +183,7 @@ class AdapterModel(nn.Module):
         if bad_scales:
             raise bad_scales[0]
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
-        check_base_init(self, peft_config, targets)
+        check_base_init(self.model, peft_config, targets)
         check_dora_targets(peft_config, targets)
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
@@ -383,7 +383,6 @@ class AdapterModel(nn.Module):
         check.raise_first()
         plan, config = check.plan, files.config
         assert plan is not None  # check_load plans whenever it found no problem
-        check_base_init(self, config, plan.targets)
         was_active = self.routing.active if adapter_name in self.routing.active else None
         if adapter_name in self.peft_config:
             self.delete_adapter(adapter_name)  # the plan's target modules are base modules: still valid

@@ -32,13 +32,13 @@ from adapterkit.io.folder import read_adapter_folder
 DECOMPOSED_KINDS = (LINEAR, CONV1D)  # a quantized weight is refused (see check_base_init)
 
 
-def check_base_init(model, config: LoraConfig, targets) -> None:
+def check_base_init(base: torch.nn.Module, config: LoraConfig, targets) -> None:
     """Refuse, before anything changes, a base-reading init on a weight shared with another module:
     writing its residual would change that module too."""
     if not is_base_init(config.init_lora_weights):
         return
     owners: dict[int, list[str]] = {}
-    for name, module in model.model.named_modules(remove_duplicate=False):
+    for name, module in base.named_modules(remove_duplicate=False):
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor):
             owners.setdefault(id(weight), []).append(name)

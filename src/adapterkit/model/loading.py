@@ -32,6 +32,7 @@ from adapterkit.errors import (
 from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import AdapterFiles
+from adapterkit.model.base_init import check_base_init
 from adapterkit.model.values import ValueCheck, check_values
 
 
@@ -209,6 +210,7 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
     else:
         targets, saved_modules = targets_for(config)
     check_dora_targets(config, targets)
+    check_base_init(model, config, targets)  # PiSSA / OLoRA residuals: never into a tied or quantized weight
     check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
     source, config_source = str(files.weights_path), str(files.folder / CONFIG_NAME)
     problems: list[AdapterError] = []

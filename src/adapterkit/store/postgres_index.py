@@ -119,16 +119,32 @@ class PostgresIndex:
         self.connect_timeout_s = connect_timeout_s
         self._local = threading.local()  # one connection per thread, and per process after fork
         conn = self._connection()
-        with conn.transaction():
-            # Two first openings at once would race on CREATE TABLE IF NOT EXISTS.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEASE_LOCK + 1,))
-            conn.execute(_SCHEMA)
-            conn.execute("INSERT INTO adapterkit_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
-                         (str(_SCHEMA_VERSION),))
-            (found,) = conn.execute("SELECT value FROM adapterkit_meta WHERE key = 'schema'").fetchone()
+        found = self._recorded_schema(conn)
+        if found is None:
+            with conn.transaction():
+                # DDL runs under the writers' lock: CREATE INDEX IF NOT EXISTS takes a SHARE lock on its
+                # table even when the index exists, and holding that across tables while a writer held
+                # another deadlocked. Two first openings at once serialize here too.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                conn.execute(_SCHEMA)
+                conn.execute("INSERT INTO adapterkit_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
+                             (str(_SCHEMA_VERSION),))
+                found = self._recorded_schema(conn)
         if int(found) > _SCHEMA_VERSION:
             raise StoreError(f"the index at {self.describe()} was written by a newer adapterkit "
                              f"(schema {found}); upgrade adapterkit")
+
+    @staticmethod
+    def _recorded_schema(conn) -> str | None:
+        """The schema version the database records, or None before the tables exist.
+
+        The meta row is written in the transaction that creates every table, so once it is there
+        later openings run no DDL at all and take no table locks."""
+        (exists,) = conn.execute("SELECT to_regclass('adapterkit_meta') IS NOT NULL").fetchone()
+        if not exists:
+            return None
+        row = conn.execute("SELECT value FROM adapterkit_meta WHERE key = 'schema'").fetchone()
+        return None if row is None else row[0]
 
     def describe(self) -> str:
         """The URL without its password, for messages."""

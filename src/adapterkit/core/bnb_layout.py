@@ -73,6 +73,6 @@ def keep_standard_4bit_layout(model: nn.Module) -> int:
         if is_cpu_repacked(getattr(weight, "quant_state", None)):
             weight.data, weight.quant_state = standard_layout(weight.data, weight.quant_state, requantize_statistics=True)
             if getattr(module, "quant_state", None) is not None:  # bitsandbytes keeps a second reference
-                module.quant_state = weight.quant_state  # type: ignore[assignment]
+                module.quant_state = weight.quant_state
             restored += 1
     return restored

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapterkit.core import placement
 from adapterkit.core.kinds import CONV1D, LINEAR, QUANTIZED_LINEAR, kind_of, quantization_of
 
 # Scalars sampled per parameter, and parameters sampled in all.
@@ -139,6 +140,18 @@ def _sample(tensor: torch.Tensor) -> tuple[bytes, bytes]:
     return signs, legacy
 
 
+def _readable(owners: dict[str, nn.Module], name: str, param: torch.Tensor) -> torch.Tensor | None:
+    """`param`'s values, or None if it has none. A parameter accelerate offloaded (on meta between
+    forwards) is read through its module's hook, so a base fingerprints the same offloaded or not."""
+    if param.device.type != "meta":
+        return param
+    path, _, attr = name.rpartition(".")
+    owner = owners.get(path)
+    if owner is None or not placement.is_offloaded(owner, attr):
+        return None
+    return placement.tensor_values(owner, attr)
+
+
 def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> BaseFingerprint:
     """Fingerprint `model` as it is now (call it before merging any adapter).
 
@@ -172,20 +185,23 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         and id(p) not in packed_weights
     ]
     params.sort(key=lambda item: item[0])
+    owners = dict(model.named_modules())
     stride = max(1, len(params) // _MAX_TENSORS)
     for name, param in params[::stride]:
-        if param.device.type == "meta":
+        values = _readable(owners, name, param)
+        if values is None:
             continue
-        signs, rounded = _sample(param)
+        signs, rounded = _sample(values)
         weights.update(name.encode())
         weights.update(signs)
         legacy.update(name.encode())
         legacy.update(rounded)
     dense = hashlib.sha256()
     for name, param in params:
-        if id(param) not in matrix_weights and param.device.type != "meta":
+        values = None if id(param) in matrix_weights else _readable(owners, name, param)
+        if values is not None:
             dense.update(name.encode())
-            dense.update(_sample(param)[0])
+            dense.update(_sample(values)[0])
     shapes_sha256 = shapes.hexdigest()
     return BaseFingerprint(
         architecture=_architecture(model),

@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.injection import (
     ModulesToSave,
@@ -41,6 +42,7 @@ from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
 from adapterkit.model.loading import LoadPlan, check_dora_targets, check_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
+from adapterkit.model.offload import check_offloaded_targets
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
 from adapterkit.model.values import check_values
@@ -185,6 +187,7 @@ class AdapterModel(nn.Module):
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self.model, peft_config, targets)
         check_dora_targets(peft_config, targets)
+        check_offloaded_targets(self.model, peft_config, targets, saved, self._module_walk())
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
             apply_base_init(self, adapter_name, peft_config, write_factors=True)
@@ -425,12 +428,12 @@ class AdapterModel(nn.Module):
             module.bias.copy_(bias)
         for path, weight in plan.base_weights.items():
             module = self.model.get_submodule(path)
-            current = module.weight
-            if not torch.equal(current, weight.to(current.dtype)):
+            current = placement.tensor_values(module)  # offloaded by accelerate: read through its hook
+            if not torch.equal(current, weight.to(current.device, current.dtype)):
                 warnings.warn(
                     f"The adapter file carries a full weight for {path} (PEFT's save_embedding_layers) that "
                     "differs from this base's; it replaces the base weight, as PEFT does.", stacklevel=3)
-                current.copy_(weight)
+                placement.replace_weight(module, weight)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",

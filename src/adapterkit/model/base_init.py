@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.init import base_init_factors, residual
 from adapterkit.core.kinds import CONV1D, LINEAR
@@ -68,7 +69,7 @@ def apply_base_init(model, adapter_name: str, config: LoraConfig, write_factors:
         if not lora.has(adapter_name) or lora.kind not in DECOMPOSED_KINDS:
             continue
         info = lora.info[adapter_name]
-        stored = lora.base.weight
+        stored = placement.tensor_values(lora.base)  # offloaded by accelerate: read through its hook
         weight = stored.float() if lora.kind.weight_is_out_in else stored.float().T  # (out, in)
         scale = float(info.scale)
         A, B = base_init_factors(init, weight, info.rank, scale)
@@ -76,7 +77,7 @@ def apply_base_init(model, adapter_name: str, config: LoraConfig, write_factors:
             lora.lora_A[adapter_name].copy_(A)
             lora.lora_B[adapter_name].copy_(B)
         rest = residual(weight, A, B, scale)
-        stored.copy_(rest if lora.kind.weight_is_out_in else rest.T)
+        placement.replace_weight(lora.base, rest if lora.kind.weight_is_out_in else rest.T)
 
 
 def convert_to_plain_lora(config: LoraConfig, tensors: dict[str, torch.Tensor],

@@ -152,6 +152,19 @@ def _readable(owners: dict[str, nn.Module], name: str, param: torch.Tensor) -> t
     return placement.tensor_values(owner, attr)
 
 
+def _ties_lost_to_offload(model: nn.Module) -> set[str]:
+    """Names of tied weights (transformers' `all_tied_weights_keys`, e.g. lm_head.weight -> the embeddings)
+    that accelerate's cpu_offload / disk_offload turned into separate meta parameters. Resident, the tie is
+    one parameter, listed once; left out here, the offloaded base lists the same parameters."""
+    ties = getattr(model, "all_tied_weights_keys", None)
+    if not isinstance(ties, dict) or not ties:
+        return set()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    return {tied for tied, source in ties.items()
+            if tied in named and source in named and named[tied] is not named[source]
+            and named[tied].device.type == "meta"}
+
+
 def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> BaseFingerprint:
     """Fingerprint `model` as it is now (call it before merging any adapter).
 
@@ -178,11 +191,12 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         elif kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
             shapes.update(json.dumps([name, kind, list(weight.shape)]).encode())
     weights, legacy = hashlib.sha256(), hashlib.sha256()
+    untied = _ties_lost_to_offload(model)
     params = [
         (name, p)
         for name, p in model.named_parameters(remove_duplicate=True)
         if not any(name.startswith(prefix) for prefix in skip_prefixes) and p.numel() > 0
-        and id(p) not in packed_weights
+        and id(p) not in packed_weights and name not in untied
     ]
     params.sort(key=lambda item: item[0])
     owners = dict(model.named_modules())

@@ -481,7 +481,8 @@ class AdapterModel(nn.Module):
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False,
                       untie_weights: bool = False, _skip_quantized: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weights. Idempotent.
-        Refused on quantized (bitsandbytes) layers: see model/quantized.py."""
+        Refused on quantized (bitsandbytes) layers: see model/quantized.py. A weight accelerate
+        offloaded is merged into an in-memory copy and restored exactly: see core/placement.py."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         loras = self._loras()
         if _skip_quantized:  # merge_and_unload(dequantize=True) merges those itself

@@ -65,7 +65,7 @@ def resident_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return state
     owners = dict(model.named_modules())
     read: dict[int, torch.Tensor] = {}  # id(parameter) -> its values, read once per tied group
-    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     for key in meta:
         path, _, attr = key.rpartition(".")

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.core import placement
 from adapterkit.core.injection import lora_modules
-from adapterkit.errors import OffloadedWeightError
+from adapterkit.errors import AdapterStateError, OffloadedWeightError
 from adapterkit.ops.merge import export_merged
 from helpers import input_ids, max_diff, randomize_adapter, tiny_gpt2, tiny_llama
 
@@ -320,3 +320,30 @@ def test_gpu_placement_puts_factors_on_each_module_s_execution_device(saved, gpu
         assert max_diff(model(input_ids=ids).logits.to("cuda:0"), resident(input_ids=ids).logits) <= TOL
         model.unmerge_adapter()
         assert max_diff(model(input_ids=ids).logits, got["default"]) <= TOL
+
+
+def test_a_tied_weight_stays_tied_for_merges_once_offloaded(tmp_path):
+    """accelerate's hooks give lm_head and the embeddings their own meta tensors after a forward: the tie
+    is found from the model's declared ties, and merging into it is refused unless untied, as resident."""
+    ids = input_ids(batch=2)
+    tiny_llama(tie_word_embeddings=True).save_pretrained(tmp_path / "base")
+    config = LoraConfig(r=2, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
+    resident = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), config).eval()
+    resident.save_pretrained(tmp_path / "adapter")
+    base = _explicit_disk(tmp_path / "base", tmp_path / "scratch")
+    model = AdapterModel.from_pretrained(base, tmp_path / "adapter", strict_base=True).eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits  # after this forward, identity no longer shows the tie
+        with pytest.raises(AdapterStateError, match="tied"):
+            model.merge_adapter()
+        assert not model.merged_adapters and torch.equal(model(input_ids=ids).logits, before)
+        with pytest.raises(AdapterStateError, match="tied"):
+            get_peft_model(model.unload(), LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights="olora"))
+        model = AdapterModel.from_pretrained(model.unload(), tmp_path / "adapter").eval()
+        with pytest.warns(UserWarning, match="Untied"):
+            resident.merge_adapter(untie_weights=True)
+            model.merge_adapter(untie_weights=True)
+        assert max_diff(model(input_ids=ids).logits, resident(input_ids=ids).logits) <= TOL
+        model.merge_and_unload().save_pretrained(tmp_path / "merged")
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(input_ids=ids).logits
+        assert max_diff(reloaded, resident.merge_and_unload()(input_ids=ids).logits) <= TOL

@@ -20,7 +20,6 @@ from torch import nn
 from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.injection import (
-    ModulesToSave,
     attach,
     detach,
     lora_modules,
@@ -42,7 +41,7 @@ from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
 from adapterkit.model.loading import LoadPlan, check_dora_targets, check_load, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
-from adapterkit.model.offload import check_offloaded_targets
+from adapterkit.model.offload import check_offloaded_targets, forget_tie, weight_sharers
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
 from adapterkit.model.values import check_values
@@ -455,15 +454,11 @@ class AdapterModel(nn.Module):
     def _check_ties(self, names: list[str], untie_weights: bool) -> None:
         """A merge writes into the base weight; if that weight is shared (a tied lm_head),
         the other module would change too. Untie on request, else refuse."""
-        owners: dict[int, list[str]] = {}
-        for name, module in self.model.named_modules(remove_duplicate=False):
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, torch.Tensor) and not isinstance(module, ModulesToSave):
-                owners.setdefault(id(weight), []).append(name)
+        sharers = weight_sharers(self.model)  # ties by identity, and those accelerate's offload hides
         for path, lora in self._loras().items():
             if not any(lora.has(n) and n not in lora.merged for n in names):
                 continue
-            sharing = [n for n in owners.get(id(lora.base.weight), []) if n != path]
+            sharing = sharers.get(path, [])
             if not sharing:
                 continue
             if not untie_weights:
@@ -473,6 +468,7 @@ class AdapterModel(nn.Module):
                     "(the model then stores both), or keep the adapter unmerged."
                 )
             lora.base.weight = nn.Parameter(lora.base.weight.detach().clone(), requires_grad=False)
+            forget_tie(self.model, path)
             config = getattr(self.model, "config", None)
             if config is not None and hasattr(config, "tie_word_embeddings"):
                 config.tie_word_embeddings = False

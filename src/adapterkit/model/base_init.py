@@ -29,6 +29,7 @@ from adapterkit.core.kinds import CONV1D, LINEAR
 from adapterkit.errors import AdapterStateError, WeightConversionError
 from adapterkit.io import keys
 from adapterkit.io.folder import read_adapter_folder
+from adapterkit.model.offload import weight_sharers
 
 DECOMPOSED_KINDS = (LINEAR, CONV1D)  # a quantized weight is refused (see check_base_init)
 
@@ -38,11 +39,7 @@ def check_base_init(base: torch.nn.Module, config: LoraConfig, targets) -> None:
     writing its residual would change that module too."""
     if not is_base_init(config.init_lora_weights):
         return
-    owners: dict[int, list[str]] = {}
-    for name, module in base.named_modules(remove_duplicate=False):
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            owners.setdefault(id(weight), []).append(name)
+    sharers = weight_sharers(base)  # ties by identity, and those accelerate's offload hides
     quantized = [t.name for t in targets if t.kind.quantized]
     if quantized:
         raise AdapterStateError(
@@ -51,7 +48,7 @@ def check_base_init(base: torch.nn.Module, config: LoraConfig, targets) -> None:
             "init_lora_weights=True on a quantized base, or initialise on the full-precision base.")
     for target in targets:
         if target.kind in DECOMPOSED_KINDS:
-            sharing = [n for n in owners.get(id(target.module.weight), []) if n != target.name]
+            sharing = sharers.get(target.name, [])
             if sharing:
                 raise AdapterStateError(
                     f"init_lora_weights={config.init_lora_weights!r} would write a residual into {target.name}.weight, "

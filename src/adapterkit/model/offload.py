@@ -81,3 +81,45 @@ def resident_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             read[identity] = placement.tensor_values(owner, attr).detach()
         state[key] = read[identity]
     return state
+
+
+def _declared_ties(model: nn.Module) -> dict[str, str]:
+    """Tied weights the model declares, as module paths (transformers' all_tied_weights_keys:
+    {"lm_head.weight": "model.embed_tokens.weight"} -> {"lm_head": "model.embed_tokens"})."""
+    ties = getattr(model, "all_tied_weights_keys", None)
+    if not isinstance(ties, dict):
+        return {}
+    return {tied.rpartition(".")[0]: source.rpartition(".")[0] for tied, source in ties.items()
+            if isinstance(tied, str) and isinstance(source, str) and tied.endswith(".weight")
+            and source.endswith(".weight")}
+
+
+def weight_sharers(model: nn.Module) -> dict[str, list[str]]:
+    """Module path -> the other modules whose weight is the same tensor, so that writing into one (a merge,
+    a residual) would change the others. By identity; and, for weights accelerate offloaded, by the ties
+    the model declares: its hooks give each module its own meta tensor after a forward, so identity no
+    longer shows the tie, though both modules still read one tensor of the checkpoint."""
+    owners: dict[int, list[str]] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and not isinstance(module, ModulesToSave):
+            owners.setdefault(id(weight), []).append(name)
+            weights[name] = weight
+    sharers = {name: [other for other in group if other != name] for group in owners.values() for name in group}
+    for tied, source in _declared_ties(model).items():
+        a, b = weights.get(tied), weights.get(source)
+        if a is not None and b is not None and a is not b and a.device.type == b.device.type == "meta":
+            sharers[tied].append(source)
+            sharers[source].append(tied)
+    return sharers
+
+
+def forget_tie(model: nn.Module, path: str) -> None:
+    """After `path`'s weight was given its own copy (merge_adapter(untie_weights=True)): drop the model's
+    declared ties of it too, so that `weight_sharers` sees it untied (transformers drops a broken tie the same way)."""
+    ties = getattr(model, "all_tied_weights_keys", None)
+    if isinstance(ties, dict):
+        for tied, source in list(ties.items()):
+            if f"{path}.weight" in (tied, source):
+                del ties[tied]

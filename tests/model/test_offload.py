@@ -260,9 +260,9 @@ def test_base_tensors_trained_in_place_are_refused_on_offloaded_modules(saved, h
     gpt2_bias.save_pretrained(tmp_path / "gpt2")
     for base_folder, fields in [(saved / "base", f) for f in REFUSED] + [
             (tmp_path / "gpt2", {"target_modules": ["c_attn"], "bias": b}) for b in ("lora_only", "all")]:
-        base = PLACEMENTS[how](base_folder, tmp_path / "scratch")
         if fields.get("bias") and base_folder == saved / "base":
             continue  # a Llama has no bias for these to train: nothing to refuse
+        base = PLACEMENTS[how](base_folder, tmp_path / "scratch")
         model = AdapterModel(base)
         modules_before = [n for n, _ in base.named_modules()]
         with pytest.raises(OffloadedWeightError, match="offloaded"):
@@ -347,3 +347,32 @@ def test_a_tied_weight_stays_tied_for_merges_once_offloaded(tmp_path):
         model.merge_and_unload().save_pretrained(tmp_path / "merged")
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(input_ids=ids).logits
         assert max_diff(reloaded, resident.merge_and_unload()(input_ids=ids).logits) <= TOL
+
+
+def test_a_saved_base_layer_replaces_the_offloaded_weight_in_memory_only(saved, tmp_path):
+    """PEFT's save_embedding_layers puts a full base weight in the file; on an offloaded embedding it is
+    written to the hook's in-memory overlay, not into the checkpoint behind it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ids = input_ids(batch=2)
+    source = saved / "adapters" / "adapter_model.safetensors"
+    with safe_open(source, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    embedding = tiny_llama().model.embed_tokens.weight.detach()
+    tensors["base_model.model.model.embed_tokens.base_layer.weight"] = embedding + 0.25
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((saved / "adapters" / "adapter_config.json").read_bytes())
+    save_file(tensors, folder / "adapter_model.safetensors", metadata=metadata)
+    checkpoint = _file_digests(saved / "base")
+    outputs = []
+    for base in (AutoModelForCausalLM.from_pretrained(saved / "base"), _explicit_disk(saved / "base", tmp_path / "s")):
+        with pytest.warns(UserWarning, match="replaces the base weight"):
+            model = AdapterModel.from_pretrained(base, folder).eval()
+        with torch.no_grad():
+            outputs.append(model(input_ids=ids).logits)
+    assert placement.is_offloaded(base.model.embed_tokens)
+    assert max_diff(placement.tensor_values(base.model.embed_tokens), embedding + 0.25) == 0
+    assert max_diff(outputs[1], outputs[0]) <= TOL
+    assert _file_digests(saved / "base") == checkpoint

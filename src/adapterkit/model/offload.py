@@ -1,13 +1,16 @@
-"""Adapters on a base accelerate placed or offloaded (`device_map`, `cpu_offload`, `disk_offload`).
+"""Adapters on a base accelerate placed or offloaded (`device_map`, `cpu_offload`, `disk_offload`):
+the model-level rules. (Per module, core/placement.py says where a module runs and reads and writes
+its offloaded weights through the accelerate hook: factors, DoRA, merges, PiSSA / OLoRA, fingerprints.)
 
-LoRA factors, DoRA magnitudes, merges, PiSSA / OLoRA residuals and the base fingerprint go through
-core/placement.py, which reads and writes an offloaded weight through its accelerate hook. Two
-things an adapter can carry are base tensors *trained in place*, and those cannot work on an
-offloaded module: accelerate loads its tensors afresh from the weights map before every forward,
-as new tensors, so an optimizer step on them would be lost (and saving would read meta tensors).
-They are refused before anything changes, by add_adapter and by check_load (so `verify` agrees):
-- a bias trained with bias="all" / "lora_only" on an offloaded module;
-- modules_to_save (a full trainable copy per adapter) of a module with offloaded tensors.
+- `check_offloaded_targets`: two things an adapter can carry are base tensors *trained in place*, and
+  those cannot work on an offloaded module: accelerate loads its tensors afresh from the weights map
+  before every forward, as new tensors, so an optimizer step on them would be lost (and saving would
+  read meta tensors). Refused before anything changes, by add_adapter and by check_load (so `verify`
+  agrees): a bias trained with bias="all" / "lora_only", and modules_to_save (a full trainable copy per
+  adapter) of a module with offloaded tensors.
+- `weight_sharers` / `forget_tie`: which modules share a weight, so that merges and residuals refuse to
+  write into a tied one unless untied; accelerate's hooks hide ties from identity (see there).
+- `resident_state_dict`: the state dict with offloaded entries read back, for a merged export.
 """
 
 from __future__ import annotations

@@ -100,9 +100,12 @@ def tensor_values(module: nn.Module, name: str = "weight", device: torch.device 
     if tensor.device.type != _META:
         return tensor if device is None else tensor.to(device)
     hook = offload_hook(module)
-    if hook is None or name not in hook.weights_map:
+    if hook is None:
         raise _no_values(module, name)
-    value = hook.weights_map[name]
+    try:  # not `name in map`: for a map on disk, that reads the tensor too
+        value = hook.weights_map[name]
+    except KeyError:
+        raise _no_values(module, name) from None
     return value.to(device=device if device is not None else value.device, dtype=tensor.dtype)
 
 

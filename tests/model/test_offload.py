@@ -377,3 +377,24 @@ def test_a_saved_base_layer_replaces_the_offloaded_weight_in_memory_only(saved, 
     assert max_diff(placement.tensor_values(base.model.embed_tokens), embedding + 0.25) == 0
     assert max_diff(outputs[1], outputs[0]) <= TOL
     assert _file_digests(saved / "base") == checkpoint
+
+
+def test_the_trainer_trains_an_adapter_on_an_offloaded_base_as_on_the_resident_one(tmp_path):
+    """adapterkit's own trainer: inputs go where the adapter's factors are, never to meta."""
+    from adapterkit.training.data import ChatExample
+    from adapterkit.training.trainer import TrainConfig, train
+    from helpers import tiny_llama_for, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_llama_for(tokenizer).save_pretrained(tmp_path / "base")
+    examples = [ChatExample.from_prompt(f"w{i} w{i + 1}", f"w{i + 2}") for i in range(8)]
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=0, progress=False)
+    results, adapters = [], []
+    for base in (AutoModelForCausalLM.from_pretrained(tmp_path / "base"), _auto(tmp_path / "base", tmp_path / "s")):
+        torch.manual_seed(0)
+        model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        results.append(train(model, tokenizer, examples, config).losses)
+        adapters.append(model.adapter_state_dict())
+    assert placement.is_offloaded(base.model.layers[1].self_attn.q_proj)
+    assert max(abs(a - b) for a, b in zip(*results)) <= TOL
+    assert all(max_diff(adapters[0][k], adapters[1][k]) <= TOL for k in adapters[0])

@@ -74,21 +74,30 @@ def combination_name(adapters: Sequence[str], weights: Sequence[float], combinat
     return "combination-" + hashlib.sha256(definition.encode()).hexdigest()[:16]
 
 
+def add_seeded_weighted_adapter(model: AdapterModel, adapters: Sequence[str], weights: Sequence[float],
+                                adapter_name: str, combination_type: str = "linear", density: float | None = None,
+                                majority_sign_method: str = "total", svd_rank: int | None = None,
+                                seed: int = 0) -> None:
+    """add_weighted_adapter with DARE's random masks drawn from `seed` in a forked random state:
+    the same arguments give the same adapter on every model, and the caller's random state is
+    left as it was (the server builds combinations between decode passes of seeded requests)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        add_weighted_adapter(model, adapters, weights, adapter_name, combination_type, svd_rank=svd_rank,
+                             density=density, majority_sign_method=majority_sign_method)
+
+
 def ensure_weighted_adapter(model: AdapterModel, adapters: Sequence[str], weights: Sequence[float],
                             combination_type: str = "linear", density: float | None = None,
                             majority_sign_method: str = "total", svd_rank: int | None = None, seed: int = 0) -> str:
-    """The name of the combination with this definition, added on first use and reused after.
-
-    DARE's random masks are drawn from `seed` in a forked random state: the same definition gives
-    the same adapter on every model, and the caller's random state is left as it was. The name
-    covers the definition, not the source weights: delete the combination when a source changes.
+    """The name of the combination with this definition, added on first use and reused after
+    (built by add_seeded_weighted_adapter). The name covers the definition, not the source
+    weights: delete the combination when a source changes.
     """
     name = combination_name(adapters, weights, combination_type, density, majority_sign_method, svd_rank, seed)
     if name not in model.peft_config:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            add_weighted_adapter(model, adapters, weights, name, combination_type, svd_rank=svd_rank,
-                                 density=density, majority_sign_method=majority_sign_method)
+        add_seeded_weighted_adapter(model, adapters, weights, name, combination_type, density, majority_sign_method,
+                                    svd_rank, seed)
     return name
 
 
@@ -111,12 +120,8 @@ def plan_combination(model: AdapterModel, adapters, weights, adapter_name, combi
         combination_type = "linear"  # PEFT's rule: one adapter can only be rescaled
     check_options(combination_type, density, majority_sign_method, svd_rank, svd_clamp)
 
-    configs = [model.peft_config[name] for name in adapters]
-    new_rank = _new_rank(combination_type, adapters, configs, svd_rank)
-    config = dataclasses.replace(
-        LoraConfig.from_dict(configs[0].to_dict()), r=new_rank, lora_alpha=new_rank,
-        target_modules=_union_of_targets(adapters, configs), rank_pattern={}, alpha_pattern={},
-        use_rslora=False, init_lora_weights=True)
+    config = combined_config(adapters, [model.peft_config[name] for name in adapters], combination_type, svd_rank)
+    new_rank = config.r
     targets, saved = model._targets_for(config)
     _check_saved_modules(model, adapters)
 
@@ -154,6 +159,26 @@ def plan_combination(model: AdapterModel, adapters, weights, adapter_name, combi
     return CombinationPlan(config, targets, saved, factors)
 
 
+def combined_config(adapters: Sequence[str], configs: Sequence[LoraConfig], combination_type: str,
+                    svd_rank: int | None = None, type_field: str = "combination_type",
+                    other_ranks_fix: str = "Use 'cat' or an '*_svd' type.") -> LoraConfig:
+    """The combination's config, from its sources' configs alone (the first one's, with the union of
+    targets and the new rank). Refuses what the configs already rule out: DoRA adapters, ranks a
+    factor type cannot combine, targets given in two forms. The server runs it before loading any
+    source; plan_combination runs it on the loaded adapters, then checks them module by module.
+    `type_field` and `other_ranks_fix` word the errors for the caller's own interface."""
+    dora = [a for a, c in zip(adapters, configs) if c.use_dora]
+    if dora:
+        raise AdapterCombinationError(
+            f"{dora} are DoRA adapters (use_dora=True): their magnitude vectors have no weighted combination, "
+            "and combining only their A and B would silently drop them. Combine plain LoRA adapters.")
+    new_rank = _new_rank(combination_type, adapters, configs, svd_rank, type_field, other_ranks_fix)
+    return dataclasses.replace(
+        LoraConfig.from_dict(configs[0].to_dict()), r=new_rank, lora_alpha=new_rank,
+        target_modules=_union_of_targets(adapters, configs), rank_pattern={}, alpha_pattern={},
+        use_rslora=False, init_lora_weights=True)
+
+
 def _check_adapters_and_weights(model, adapters, weights) -> tuple[list[str], list[float]]:
     if isinstance(adapters, str) or not isinstance(adapters, Sequence) or not adapters:
         raise AdapterCombinationError(
@@ -165,11 +190,6 @@ def _check_adapters_and_weights(model, adapters, weights) -> tuple[list[str], li
     bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w)]
     if bad:
         raise AdapterCombinationError(f"weights must be finite numbers; {bad} are not.")
-    dora = [a for a in adapters if a in model.peft_config and model.peft_config[a].use_dora]
-    if dora:
-        raise AdapterCombinationError(
-            f"{dora} are DoRA adapters (use_dora=True): their magnitude vectors have no weighted combination, "
-            "and combining only their A and B would silently drop them. Combine plain LoRA adapters.")
     return adapters, [float(w) for w in weights]
 
 
@@ -198,13 +218,14 @@ def _rank_of(config: LoraConfig) -> int:
     return max(config.r, *config.rank_pattern.values()) if config.rank_pattern else config.r
 
 
-def _new_rank(combination_type, adapters, configs, svd_rank) -> int:
+def _new_rank(combination_type, adapters, configs, svd_rank, type_field="combination_type",
+              other_ranks_fix="Use 'cat' or an '*_svd' type.") -> int:
     ranks = [_rank_of(c) for c in configs]
     if combination_type in FACTOR_TYPES:
         if len(set(ranks)) != 1:
             raise AdapterCombinationError(
-                f"combination_type={combination_type!r} combines A and B factors entry by entry, so every "
-                f"adapter needs the same rank; {dict(zip(adapters, ranks))} differ. Use 'cat' or an '*_svd' type.")
+                f"{type_field}={combination_type!r} combines A and B factors entry by entry, so every "
+                f"adapter needs the same rank; {dict(zip(adapters, ranks))} differ. {other_ranks_fix}")
         return ranks[0]
     if combination_type == "cat":
         return sum(ranks)

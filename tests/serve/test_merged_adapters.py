@@ -7,9 +7,13 @@ source is unloaded; a generated family of bad bodies each gets a typed 4xx and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import math
 import re
+import subprocess
+from pathlib import Path
 
 import httpx
 import openai
@@ -58,7 +62,7 @@ def store(adapter_dirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(base_dir, adapter_dirs, store):
     with serving(base_dir, {name: adapter_dirs[name] for name in SOURCES}, store=store, max_loras=6, max_batch=8,
-                 api_key=API_KEY) as server:
+                 max_model_len=64, api_key=API_KEY) as server:
         yield server
 
 
@@ -244,3 +248,44 @@ def test_bad_merged_adapters_are_typed_4xx_and_change_nothing(server):
         assert (state.adapters.stats.loads, state.adapters.stats.load_failures) == loads_before  # nothing loaded
         assert post(probe).json()["choices"][0]["text"] == before
         assert post({**probe, "model": "a06", "merged_adapters": None}).json()["choices"][0]["text"] == plain_before
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def readme_merged_adapters() -> tuple[list[str], str]:
+    """The bash lines and the python block of the README's merged_adapters subsection."""
+    text = README.read_text()
+    section = text[text.index("<!-- serving:merged_adapters"):]
+    section = section[: section.index("\n## ")]
+    bash = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines() if line]
+    (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    return bash, python
+
+
+def test_readme_merged_adapters_commands_run_and_equal_the_offline_combination(server, offline):
+    """The README's commands as written, with the demo's names mapped to the test server's."""
+    bash, python = readme_merged_adapters()
+
+    def local(command: str) -> str:
+        for readme, here in (("8000", str(server.port)), ("sk-local", API_KEY), ('"smollm2"', '"tiny"'),
+                             ('"reverse"', '"a00"'), ('"shout"', '"a06"')):
+            command = command.replace(readme, here)
+        return command
+
+    messages = [{"role": "user", "content": "apple banana cherry"}]
+    offline.model.add_weighted_adapter(["a00", "a06"], [0.7, 0.3], "readme-ties", combination_type="ties", density=0.5)
+    torch.manual_seed(1)
+    offline.model.add_weighted_adapter(["a00", "a06"], [0.7, 0.3], "readme-dare", combination_type="dare_ties",
+                                       density=0.5)
+    chat_ids = offline.chat_ids(messages)
+    assert [line.split()[0] for line in bash] == ["curl", "curl"]
+    chat = subprocess.run(["bash", "-c", local(bash[0])], capture_output=True, text=True, timeout=60)
+    assert json.loads(chat.stdout)["choices"][0]["message"]["content"] == offline.complete("readme-ties", chat_ids,
+                                                                                           16)[0]
+    metrics = subprocess.run(["bash", "-c", local(bash[1])], capture_output=True, text=True, timeout=60)
+    assert "adapterkit_combination_cache_hits_total" in metrics.stdout, metrics
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(local(python), "README.md", "exec"), {})
+    assert printed.getvalue() == offline.complete("readme-dare", chat_ids, 16)[0] + "\n"

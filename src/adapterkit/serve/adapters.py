@@ -120,7 +120,7 @@ class AdapterStats:
     unloads: int = 0
     load_seconds: float = 0.0  # wall time of successful loads (store read + install), summed
     combination_hits: int = 0  # merged_adapters requests served by a resident combination
-    combination_misses: int = 0  # ... that had to build it
+    combination_misses: int = 0  # ... that had to build it (refused or failed builds included)
     combination_failures: int = 0  # builds refused (incompatible adapters) or failed
 
 
@@ -214,10 +214,10 @@ class ResidentAdapters:
                 async with self._locked(key):
                     resident = self.resident.get(key)
                     if resident is None:
+                        self.stats.combination_misses += 1
                         resident = await self._build_combination(key, definition, sources)
                         if resident is None:  # a source was replaced meanwhile: define it again
                             continue
-                        self.stats.combination_misses += 1
                         return self._lease(model, resident)
             self.stats.combination_hits += 1
             return self._lease(model, resident)

@@ -121,7 +121,7 @@ def test_combinations_in_a_busy_mixed_batch_equal_add_weighted_adapter_offline(s
     assert len({text for text, _, _ in expected} - plain) >= n - 1
 
 
-def test_one_definition_is_built_once_and_freed_on_eviction_and_unload(server, offline):
+def test_one_definition_is_built_once_and_freed_on_eviction_and_unload(server, offline, adapter_dirs):
     state = server.state
     merged = {"ids": ["a00", "a02"], "weights": [2.0, 1.0], "merge_strategy": "cat"}
     # The same definition written differently: ints for floats, options cat does not read.
@@ -139,7 +139,11 @@ def test_one_definition_is_built_once_and_freed_on_eviction_and_unload(server, o
     assert _metric(server, "adapterkit_combination_cache_misses_total") == misses + 1
     combination = _resident_with(state, '"weights":[2.0,1.0]')
     assert complete(same) == complete(merged) == first
-    assert _metric(server, "adapterkit_combination_cache_hits_total") == hits + 2
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
+        stream = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                           stream=True, extra_body={"merged_adapters": same})
+        assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == first
+    assert _metric(server, "adapterkit_combination_cache_hits_total") == hits + 3
     assert _metric(server, "adapterkit_combination_cache_misses_total") == misses + 1
     assert combination.internal in state.model.peft_config and len(state.adapters.resident) <= 6
 
@@ -165,14 +169,26 @@ def test_one_definition_is_built_once_and_freed_on_eviction_and_unload(server, o
                           headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
     assert response.status_code == 404 and response.json()["error"]["param"] == "merged_adapters.ids.1"
     response = httpx.post(server.url + "/v1/load_lora_adapter",
-                          json={"lora_name": "a02", "lora_path": str(offline_folder(server, "a02"))},
+                          json={"lora_name": "a02", "lora_path": str(adapter_dirs["a02"])},
                           headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
     assert response.status_code == 200, response.text
     assert complete(merged) == first
-
-
-def offline_folder(server, name):
-    return server.state.config.adapters[name]
+    # Replacing a source in place (other weights, same shapes) gives a new definition: rebuilt, not reused.
+    combination = _resident_with(state, '"weights":[2.0,1.0]')
+    misses = _metric(server, "adapterkit_combination_cache_misses_total")
+    response = httpx.post(server.url + "/v1/load_lora_adapter",
+                          json={"lora_name": "a02", "lora_path": str(adapter_dirs["a04"]), "load_inplace": True},
+                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert combination.deleted and combination.internal not in state.model.peft_config
+    replaced = complete(merged)
+    assert _metric(server, "adapterkit_combination_cache_misses_total") == misses + 1
+    offline.model.add_weighted_adapter(["a00", "a04"], [2.0, 1.0], "cat-a00-a04", combination_type="cat")
+    assert replaced == offline.complete("cat-a00-a04", offline.prompt_ids(PROMPT), MAX_TOKENS)[0] != first
+    response = httpx.post(server.url + "/v1/load_lora_adapter",
+                          json={"lora_name": "a02", "lora_path": str(adapter_dirs["a02"]), "load_inplace": True},
+                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert response.status_code == 200, response.text
 
 
 def _resident_with(state, definition_part: str):

@@ -2,7 +2,7 @@
 official openai client's `extra_body`: every reply equals the same combination made offline with
 add_weighted_adapter on a fresh model, alone, even inside a busy mixed batch; one definition is
 built once (cache hits in /metrics), takes an adapter slot, and is freed on eviction or when a
-source is unloaded; a generated family of bad bodies each gets a typed 4xx and changes nothing."""
+source is unloaded or replaced; a generated family of bad bodies each gets a typed 4xx and changes nothing."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from serve_helpers import API_KEY, Reference, randomize_adapter, serving, tiny_l
 from adapterkit import LoraConfig, get_peft_model
 from adapterkit.store import AdapterStore
 
-SOURCES = {"a00": "a00", "a02": "a02", "a06": "a06"}  # named at start (a00, a06: rank 8; a02: rank 4)
+NAMED = ("a00", "a02", "a06")  # named at start (a00, a06: rank 8; a02: rank 4)
 STORE_SOURCE = ("s04", "a04")  # a store ref (rank 4), loaded on first use
 PROMPT = "w1 w2 w3"
 MAX_TOKENS = 8
@@ -61,7 +61,7 @@ def store(adapter_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(base_dir, adapter_dirs, store):
-    with serving(base_dir, {name: adapter_dirs[name] for name in SOURCES}, store=store, max_loras=6, max_batch=8,
+    with serving(base_dir, {name: adapter_dirs[name] for name in NAMED}, store=store, max_loras=6, max_batch=8,
                  max_model_len=64, api_key=API_KEY) as server:
         yield server
 

@@ -42,7 +42,8 @@ from adapterkit.core.config import CONFIG_NAME, LoraConfig
 from adapterkit.errors import AdapterCombinationError, AdapterError
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.model.mixed import BASE_ROW
-from adapterkit.serve.combinations import COMBINATION_KEY_PREFIX, CombinationDefinition, combiner
+from adapterkit.serve import combinations
+from adapterkit.serve.combinations import COMBINATION_KEY_PREFIX, CombinationDefinition
 from adapterkit.serve.errors import (
     AdapterLoadError,
     BadRequestError,
@@ -267,8 +268,10 @@ class ResidentAdapters:
             internal = self._internal_name(key)
             await self._reserve_room()
             try:
-                build = combiner(definition, [lease.adapter for lease in leases], internal)
-                await asyncio.wrap_future(self._call(build))
+                gather = combinations.gatherer(definition, [lease.adapter for lease in leases], internal)
+                inputs = await asyncio.wrap_future(self._call(gather))
+                plan = await asyncio.to_thread(combinations.compute, definition, inputs)
+                await asyncio.wrap_future(self._call(combinations.installer(internal, plan)))
             except AdapterCombinationError as exc:
                 self.stats.combination_failures += 1
                 raise IncompatibleAdaptersError(f"merged_adapters cannot be combined: {exc}",

@@ -57,7 +57,7 @@ class CombinationDefinition:
 
 
 # Building a combination takes three steps, so the engine keeps decoding through the
-# arithmetic (40 to 250 ms for two rank-8 adapters on SmolLM2's q, k, v, o on this CPU):
+# arithmetic (40 to 300 ms for two rank-8 adapters on SmolLM2's q, k, v, o on this CPU):
 # gather (engine thread: checks, and the source factors), compute (a worker thread: tensors
 # only; the sources stay leased, so nothing deletes or rewrites them), install (engine thread).
 def gatherer(definition: CombinationDefinition, source_adapters: Sequence[str], internal: str) -> Callable:

@@ -22,6 +22,7 @@ import torch
 from serve_helpers import API_KEY, Reference, randomize_adapter, serving, tiny_llama
 
 from adapterkit import LoraConfig, get_peft_model
+from adapterkit.hf import load_base
 from adapterkit.store import AdapterStore
 
 NAMED = ("a00", "a02", "a06")  # named at start (a00, a06: rank 8; a02: rank 4)
@@ -48,7 +49,7 @@ COMBINATIONS = [
 
 
 @pytest.fixture(scope="module")
-def store(adapter_dirs, tmp_path_factory):
+def store(base_dir, adapter_dirs, tmp_path_factory):
     store = AdapterStore(tmp_path_factory.mktemp("merged-store"))
     store.put(adapter_dirs[STORE_SOURCE[1]], name=STORE_SOURCE[0])
     # Same shapes and targets as a00, trained on another base (the seed-1 tiny Llama): only its fingerprint differs.
@@ -56,6 +57,18 @@ def store(adapter_dirs, tmp_path_factory):
                                                                                            "down_proj"]))
     randomize_adapter(other, seed=7, std=0.6)
     store.put(other.save_pretrained(tmp_path_factory.mktemp("other-base")), name="other")
+    # On this base: a DoRA adapter, and one whose rank is 8 at q_proj only (its config's largest rank
+    # matches a00's, so only the loaded modules show that v_proj and down_proj have rank 4).
+    base = load_base(base_dir)[0]
+    targets = ["q_proj", "v_proj", "down_proj"]
+    dora = get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=targets, use_dora=True),
+                          adapter_name="dora")
+    dora.add_adapter("patterned", LoraConfig(r=4, lora_alpha=8, target_modules=targets, rank_pattern={"q_proj": 8}))
+    for name in ("dora", "patterned"):
+        dora.set_adapter(name)
+        randomize_adapter(dora, seed=8, std=0.6)
+        folder = dora.save_pretrained(tmp_path_factory.mktemp(name), selected_adapters=[name])
+        store.put(folder / name, name=name)
     return store
 
 
@@ -221,6 +234,7 @@ def _bad_bodies():
     yield "an unknown store version", {**VALID, "ids": ["s04@9", "a06"]}, 404, "merged_adapters.ids.0"
     yield "one store ref twice", {"ids": ["s04", "s04@1"]}, 400, "merged_adapters.ids"
     yield "an adapter of another base", {"ids": ["a00", "other"], "merge_strategy": "cat"}, 400, "merged_adapters"
+    yield "a DoRA adapter", {"ids": ["a00", "dora"], "merge_strategy": "cat"}, 400, "merged_adapters"
     for strategy in ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"):  # only cat combines ranks 8, 4
         for ids in (["a00", "s04"], ["s04", "a06"], ["a02", "a06"]):
             yield f"{strategy} over {ids}", {"ids": ids, "merge_strategy": strategy, "density": 0.5}, 400, \
@@ -264,6 +278,15 @@ def test_bad_merged_adapters_are_typed_4xx_and_change_nothing(server):
         assert (state.adapters.stats.loads, state.adapters.stats.load_failures) == loads_before  # nothing loaded
         assert post(probe).json()["choices"][0]["text"] == before
         assert post({**probe, "model": "a06", "merged_adapters": None}).json()["choices"][0]["text"] == plain_before
+
+        # Ranks that differ module by module show only once loaded: the source loaded for it is unloaded again.
+        loads = state.adapters.stats.loads
+        response = post({"model": "tiny", "prompt": PROMPT, "merged_adapters": {"ids": ["a00", "patterned"]}})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "merged_adapters", response.text
+        assert "rank 8 at every module" in response.json()["error"]["message"]
+        assert state.adapters.stats.loads == loads + 1 and "patterned@1" not in state.adapters.resident
+        assert set(state.model.peft_config) <= loaded_before
+        assert post(probe).json()["choices"][0]["text"] == before
 
 
 README = Path(__file__).parents[2] / "README.md"

@@ -283,7 +283,11 @@ class ResidentAdapters:
                 self._loading -= 1
                 self._notify_room()
             source = AdapterSource(combination=definition.canonical())
-            resident = self.resident[key] = Resident(key, internal, source, built_from=tuple(k for k, _ in sources))
+            resident = Resident(key, internal, source, built_from=tuple(k for k, _ in sources))
+            if any(lease.resident.retired for lease in leases if lease.resident):
+                resident.retired = True  # a source was unloaded or replaced meanwhile: serve this request, then free it
+            else:
+                self.resident[key] = resident
             built = True
             return resident
         finally:

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from serve_helpers import free_port
 
 README = Path(__file__).parents[2] / "README.md"
@@ -32,6 +33,7 @@ def serving_section() -> tuple[list[str], str]:
     return bash, python
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_every_readme_serving_command_runs_then_sigterm_drains(base_dir, adapter_dirs, tmp_path):
     bash, python = serving_section()
     serve_line, curls = bash[0], bash[1:]

@@ -27,6 +27,7 @@ def serving_section() -> tuple[list[str], str]:
     text = README.read_text()
     section = text[text.index("## Serving"):]
     section = section[: section.index("\n## ", 1)]
+    section = section.split("\n### ")[0]  # subsections are run by the tests they name
     bash = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines() if line]
     (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
     return bash, python

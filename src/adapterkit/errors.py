@@ -127,3 +127,8 @@ class AdapterCapacityError(AdapterError, ValueError):
 # --- variants2: quantized bases, module kinds ----------------------------------
 class QuantizedMergeError(AdapterStateError):
     """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""
+
+
+# --- Ray Serve replicas (integrations/ray) ---------------------------------------
+class RayServeOptionError(AdapterError, ValueError):
+    """A Ray Serve deployment option (`adapterkit serve --replicas`, `serve run ... key=value`) is unusable."""

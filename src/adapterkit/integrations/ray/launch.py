@@ -1,0 +1,83 @@
+"""`adapterkit serve --replicas N`: start a local Ray cluster (or join RAY_ADDRESS's), deploy
+N replicas behind the OpenAI API, and serve until SIGINT / SIGTERM.
+
+A cluster started here is a quiet one: no dashboard, no usage stats, worker logs kept in
+Ray's session folder rather than on this terminal. Leaving, it deletes its application (Ray
+Serve lets the requests in flight finish first) and, if it started the cluster, stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+from adapterkit.integrations.ray.options import RayServeOptions
+
+# Set before Ray is imported: no usage report leaves this machine.
+QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def connect_ray(num_cpus: float | None = None, temp_dir: str | None = None) -> bool:
+    """Join the cluster at $RAY_ADDRESS, or start a local one; True if it was started here."""
+    for key, value in QUIET_RAY.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+    return True
+
+
+def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Deploy `options` and serve on host:port until SIGINT or SIGTERM; returns the exit status."""
+    options.check()  # before Ray starts anything
+    started = connect_ray()
+    from ray import serve
+
+    from adapterkit.integrations.ray.deployment import build_application
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        port = port or _free_port(host)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
+        print(f"adapterkit serve: listening on http://{host}:{port} (OpenAI API under /v1); base "
+              f"{options.base_name!r}; {options.replicas} replicas on Ray Serve "
+              f"({'a local cluster' if started else os.environ.get('RAY_ADDRESS')}); adapters: "
+              f"{', '.join(options.adapters) or 'none'}{'; store refs on demand' if options.store is not None else ''}",
+              flush=True)
+        stop.wait()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _leave(options.app_name, started)
+
+
+def _leave(app_name: str, started: bool) -> None:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        if started:
+            serve.shutdown()
+        else:
+            serve.delete(app_name)  # the cluster and its other applications stay
+    finally:
+        ray.shutdown()  # stops a cluster started here; only disconnects from a joined one
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

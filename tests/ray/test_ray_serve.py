@@ -1,0 +1,331 @@
+"""`adapterkit serve --replicas 2` on a local Ray cluster (2 CPUs, no dashboard), on the tiny base with
+adapters in a store: the README's commands as written, the single server's answers, Ray's multiplexing
+measured from the replicas' own counters, and a replica killed while it loads an adapter.
+
+One cluster and one deployment for the module (starting them is most of the time): the deployment is the
+README's `adapterkit serve --replicas 2` line, a subprocess that joins this process's cluster through
+RAY_ADDRESS; the `serve run` line is checked last, against the same cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import missing_tool, randomize_adapter, save_tiny_base
+from readme_commands import readme_commands, substitute
+
+pytestmark = pytest.mark.slow  # a Ray cluster and three Serve replicas: ~40 s on 2 cores
+
+ADAPTERS = [f"a{i:02d}" for i in range(6)]
+WARM = ADAPTERS[:4]  # the hit-rate test's adapters: 2 per replica (--max-adapters-per-replica 2)
+GATED = ADAPTERS[4]  # its store blob is a FIFO the kill test holds shut
+MAX_MODEL_LEN = 32
+REPLICA_OPTIONS = ["--max-model-len", str(MAX_MODEL_LEN), "--replica-cpus", "0.5", "--max-adapters-per-replica", "2"]
+
+
+def _ray():
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        missing_tool("Ray Serve is not installed (pip install 'adapterkit[ray]'; make installs it)", module_level=True)
+    return ray, serve
+
+
+class Deployment:
+    def __init__(self, url: str, store_root: Path, adapter_dirs: dict, base_dir: Path) -> None:
+        self.url, self.store_root, self.adapter_dirs, self.base_dir = url, store_root, adapter_dirs, base_dir
+
+    def client(self, timeout: float = 60.0):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key="unused", timeout=timeout, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """This process's Ray cluster: 2 CPUs, 127.0.0.1 only, its files in a temporary folder."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray, serve = _ray()
+    temp = tempfile.mkdtemp(prefix="akray-")  # short: Ray's socket paths must fit in 107 bytes
+    started = time.monotonic()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+             _node_ip_address="127.0.0.1", configure_logging=False)
+    print(f"\nray.init: {time.monotonic() - started:.1f} s")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deployment(cluster, tmp_path_factory):
+    """The README's `adapterkit store put` and `adapterkit serve --replicas 2` lines, on the tiny base."""
+    root = tmp_path_factory.mktemp("ray-serve")
+    base_dir = save_tiny_base(root / "base")
+    adapter_dirs = _save_adapters(base_dir, root / "adapters")
+    store_root = root / "store"
+    put, serve_line, _ = readme_commands("scaling-out:ray")
+    from adapterkit.cli.main import main
+
+    for name, folder in adapter_dirs.items():
+        argv = substitute(put, {"/shared/adapters": str(store_root), "out/reverse": str(folder), "reverse": name})
+        assert main(argv[1:]) == 0
+    port = _free_port()
+    argv = substitute(serve_line, {"/shared/adapters": str(store_root), "smollm2": str(base_dir), "8000": str(port)})
+    argv += ["--served-model-name", "smollm2", *REPLICA_OPTIONS]
+    env = {**os.environ, "RAY_ADDRESS": cluster, "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = _line_starting(process, "adapterkit serve:", timeout_s=120)
+        assert f"127.0.0.1:{port}" in line and "2 replicas on Ray Serve" in line, line
+        print(f"adapterkit serve --replicas 2, ready: {time.monotonic() - started:.1f} s")
+        yield Deployment(f"http://127.0.0.1:{port}", store_root, adapter_dirs, base_dir)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def single_server(deployment):
+    """The single `adapterkit serve` app on the same base and store, in this process."""
+    from adapterkit.hf import load_base
+    from adapterkit.serve import ServeConfig, build_app
+    from adapterkit.serve.background import BackgroundServer
+    from adapterkit.store import AdapterStore
+
+    model, tokenizer = load_base(deployment.base_dir)
+    config = ServeConfig(base_name="smollm2", max_model_len=MAX_MODEL_LEN)
+    with BackgroundServer(build_app(model, tokenizer, config, store=AdapterStore(deployment.store_root))) as server:
+        yield server.url
+
+
+def test_replicas_answer_as_the_single_server(deployment, single_server):
+    """Greedy chat and completions (plain and streamed) through Ray equal `adapterkit serve`'s, token for token."""
+    from openai import OpenAI
+
+    single = OpenAI(base_url=single_server + "/v1", api_key="unused", timeout=60, max_retries=0)
+    replicated = deployment.client()
+    for model in ["smollm2", *(f"{name}@prod" for name in ADAPTERS[:3])]:
+        for client_a, client_b in [(single, replicated)]:
+            chat = [c.chat.completions.create(model=model, messages=[{"role": "user", "content": "w3 w4 w5"}],
+                                              max_tokens=8, temperature=0) for c in (client_a, client_b)]
+            assert [chat[0].choices[0].message.content, chat[0].usage.completion_tokens] == \
+                   [chat[1].choices[0].message.content, chat[1].usage.completion_tokens], model
+            plain = [c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0)
+                     for c in (client_a, client_b)]
+            assert plain[0].choices[0].text == plain[1].choices[0].text and plain[0].choices[0].text, model
+            streamed = ["".join(chunk.choices[0].text for chunk in
+                                c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0,
+                                                     stream=True) if chunk.choices) for c in (client_a, client_b)]
+            assert streamed[0] == streamed[1] == plain[0].choices[0].text, model
+    models = {m.id for m in replicated.models.list()}
+    assert "smollm2" in models
+    with pytest.raises(Exception) as missing:
+        replicated.completions.create(model="nothing@prod", prompt="w1", max_tokens=2)
+    assert getattr(missing.value, "status_code", None) == 404 and "nothing@prod" in str(missing.value)
+
+
+def test_after_warm_up_requests_land_where_their_adapter_is(deployment):
+    """4 adapters, 2 replicas holding 2 each: after one warm-up request per adapter, at least 90% of
+    requests find their adapter already loaded, by the replicas' own counters."""
+    from adapterkit.integrations.ray import replica_counters
+
+    client = deployment.client()
+    for name in WARM:  # one at a time, so each replica's new adapter reaches the router before the next
+        client.completions.create(model=f"{name}@prod", prompt="w1 w2", max_tokens=1, temperature=0)
+        _wait_until(lambda n=name: any(f"{n}@prod" in c["held"] for c in replica_counters("adapterkit")), 10)
+        time.sleep(0.3)  # Ray pushes a replica's model ids to the routers every 0.1 s
+    before = _totals(replica_counters("adapterkit"))
+    requests = [f"{name}@prod" for _ in range(6) for name in WARM]
+    errors: list[Exception] = []
+
+    def send(models: list[str]) -> None:
+        try:
+            for model in models:
+                client.completions.create(model=model, prompt="w1 w2", max_tokens=2, temperature=0)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(requests[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    after = _totals(replica_counters("adapterkit"))
+    delta = {k: after[k] - before[k] for k in after}
+    hit_rate = delta["hits"] / delta["requests"]
+    print(f"\nhit rate after warm-up: {delta['hits']}/{delta['requests']} = {hit_rate:.0%}; "
+          f"loads {delta['loads']}, evictions {delta['evictions']}")
+    assert delta["requests"] == len(requests)
+    assert hit_rate >= 0.9, delta
+
+
+def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(deployment, single_server):
+    """The gated adapter's blob is a FIFO: the replica that loads it blocks reading it. Killed there, its
+    request gets a 503 within seconds, the other replica keeps serving, and a replacement comes up and serves."""
+    from openai import APIStatusError, OpenAI
+
+    from adapterkit.integrations.ray import replica_counters
+    from adapterkit.store import AdapterStore
+
+    store = AdapterStore(deployment.store_root)
+    record = store.resolve(f"{GATED}@prod")
+    (weights,) = [f for f in store.index.files(record) if f.path.endswith(".safetensors")]
+    blob = store.blobs.path(weights.blob)
+    original = blob.read_bytes()
+    blob.unlink()
+    os.mkfifo(blob)
+    outcome: dict = {}
+
+    def gated_request() -> None:
+        started = time.monotonic()
+        try:
+            deployment.client().completions.create(model=f"{GATED}@prod", prompt="w1", max_tokens=2)
+            outcome["error"] = None
+        except APIStatusError as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    requester = threading.Thread(target=gated_request)
+    requester.start()
+    writer = _open_when_read(blob, timeout_s=30)  # a replica is now inside the load, blocked on the read
+    try:
+        (loading,) = [c for c in replica_counters("adapterkit") if f"{GATED}@prod" in c["loading"]]
+        survivor = next(c for c in replica_counters("adapterkit") if c["replica"] != loading["replica"])
+        killed_at = time.monotonic()
+        os.kill(loading["pid"], signal.SIGKILL)
+        requester.join(60)
+        assert not requester.is_alive(), "the request in flight on the killed replica hangs"
+        assert outcome["error"] is not None and outcome["error"].status_code == 503, outcome
+        assert json.loads(outcome["error"].response.text)["error"]["code"] == "replica_unavailable"
+        print(f"\nrequest in flight on the killed replica: 503 after {time.monotonic() - killed_at:.1f} s")
+        held = survivor["held"][0] if survivor["held"] else "smollm2"
+        reply = deployment.client().completions.create(model=held, prompt="w1 w2", max_tokens=2, temperature=0)
+        assert reply.choices[0].text is not None  # the other replica kept serving
+    finally:
+        os.close(writer)
+        blob.unlink()
+        blob.write_bytes(original)
+
+    def replaced() -> bool:
+        replicas = replica_counters("adapterkit")
+        return len(replicas) == 2 and loading["replica"] not in {c["replica"] for c in replicas}
+
+    _wait_until(replaced, 60)
+    print(f"replica replaced and serving: {time.monotonic() - killed_at:.1f} s after the kill")
+    single = OpenAI(base_url=single_server + "/v1", api_key="unused", timeout=60, max_retries=0)
+    for model in (f"{GATED}@prod", f"{ADAPTERS[5]}@prod", "smollm2"):
+        answers = [c.completions.create(model=model, prompt="w5 w6", max_tokens=4, temperature=0).choices[0].text
+                   for c in (single, deployment.client())]
+        assert answers[0] == answers[1], model
+
+
+def test_readme_serve_run_line_deploys_the_same_application(cluster, deployment):
+    """The README's `serve run` line, against this cluster, as a second application beside the first."""
+    _, _, serve_run = readme_commands("scaling-out:ray")
+    argv = substitute(serve_run, {"store=/shared/adapters": f"store={deployment.store_root}",
+                                  "base=smollm2": f"base={deployment.base_dir}", "replicas=2": "replicas=1"})
+    argv += ["served_model_name=smollm2", f"max_model_len={MAX_MODEL_LEN}", "replica_cpus=0.25", "app_name=second",
+             "--name", "second", "--route-prefix", "/second", "--non-blocking", "--address", cluster]
+    serve_cli = Path(sys.executable).with_name("serve")
+    result = subprocess.run([str(serve_cli), *argv[1:]], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    from openai import OpenAI
+
+    client = OpenAI(base_url=deployment.url + "/second/v1", api_key="unused", timeout=60, max_retries=0)
+    reply = client.completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6, temperature=0)
+    expected = deployment.client().completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6,
+                                                      temperature=0)
+    assert reply.choices[0].text == expected.choices[0].text  # the cluster's serve.shutdown removes it
+
+
+# --- helpers ----------------------------------------------------------------------------
+def _save_adapters(base_dir: Path, root: Path) -> dict[str, Path]:
+    from adapterkit import LoraConfig, get_peft_model
+    from adapterkit.hf import load_base
+
+    base, _ = load_base(base_dir)
+    model = None
+    folders = {}
+    for i, name in enumerate(ADAPTERS):
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        if model is None:
+            model = get_peft_model(base, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        model.set_adapter(name)
+        randomize_adapter(model, seed=100 + i, std=0.6)
+        folders[name] = model.save_pretrained(root / name, selected_adapters=[name]) / name
+    return folders
+
+
+def _totals(counters: list[dict]) -> dict[str, int]:
+    return {k: sum(c[k] for c in counters) for k in ("requests", "hits", "loads", "evictions")}
+
+
+def _open_when_read(fifo: Path, timeout_s: float) -> int:
+    """Open the FIFO's write end once a reader has opened it (ENXIO until then); the reader then blocks
+    in read() for as long as this end stays open with nothing written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _line_starting(process: subprocess.Popen, prefix: str, timeout_s: float) -> str:
+    found: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            if line.startswith(prefix):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert found, f"no line starting {prefix!r} within {timeout_s} s (exit status {process.poll()})"
+    return found[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

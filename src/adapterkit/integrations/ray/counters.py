@@ -14,6 +14,7 @@ its router picks, and never a replica busy loading).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 # Ray Serve names each replica actor "SERVE_REPLICA::<app>#<deployment>#<id>" in namespace "serve".
 REPLICA_ACTOR_PREFIX = "SERVE_REPLICA::"
@@ -45,7 +46,7 @@ def replica_counters(app_name: str, deployment: str = "AdapterReplica", timeout_
     prefix = f"{REPLICA_ACTOR_PREFIX}{app_name}#{deployment}#"
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a.get("namespace") == SERVE_NAMESPACE and a["name"].startswith(prefix)]
-    pending = {}
+    pending: dict[str, Any] = {}
     for name in names:
         try:
             pending[name] = ray.get_actor(name, namespace=SERVE_NAMESPACE).record_routing_stats.remote()

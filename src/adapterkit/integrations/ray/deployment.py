@@ -19,22 +19,25 @@ from adapterkit.integrations.ray.replica import AdapterReplica
 # The ingress only parses a body and forwards bytes: a tenth of a CPU is plenty, and it
 # leaves whole CPUs to the replicas on a small host.
 INGRESS_CPUS = 0.1
+# A replica told to stop checks this often whether its requests in flight are done (Ray's default: 2 s).
+GRACEFUL_WAIT_LOOP_S = 0.5
 
 
 def build_application(options: RayServeOptions) -> serve.Application:
     options.check()
     replicas = serve.deployment(
-        AdapterReplica, name="AdapterReplica", num_replicas=options.replicas,
+        name="AdapterReplica", num_replicas=options.replicas,
         ray_actor_options={"num_cpus": options.replica_cpus},
         # A request holds its replica for its whole generation; the engine batches them (max_batch).
         max_ongoing_requests=options.max_batch + options.max_queue,
         health_check_period_s=options.health_check_period_s,
         health_check_timeout_s=max(10.0, 5 * options.health_check_period_s),
-    ).bind(options)
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", num_replicas=1,
-                               ray_actor_options={"num_cpus": INGRESS_CPUS},
+        graceful_shutdown_wait_loop_s=GRACEFUL_WAIT_LOOP_S,
+    )(AdapterReplica).bind(options)
+    ingress = serve.deployment(name="OpenAIIngress", num_replicas=1, ray_actor_options={"num_cpus": INGRESS_CPUS},
+                               graceful_shutdown_wait_loop_s=GRACEFUL_WAIT_LOOP_S,
                                max_ongoing_requests=options.replicas * (options.max_batch + options.max_queue))
-    return ingress.bind(replicas, options)
+    return ingress(OpenAIIngress).bind(replicas, options)
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

@@ -31,7 +31,7 @@ from adapterkit.serve.errors import BadRequestError, BodyTooLargeError, ServeErr
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 # The single server's default limit (the replica applies it too; the ingress must not buffer more).
-MAX_BODY_BYTES: int = ServeConfig.__dataclass_fields__["max_body_bytes"].default
+MAX_BODY_BYTES = ServeConfig(base_name="-").max_body_bytes
 
 
 class ReplicaUnavailableError(ServeError):

@@ -19,7 +19,7 @@ from adapterkit.integrations.ray.options import RayServeOptions
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def connect_ray(num_cpus: float | None = None, temp_dir: str | None = None) -> bool:
+def connect_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> bool:
     """Join the cluster at $RAY_ADDRESS, or start a local one; True if it was started here."""
     for key, value in QUIET_RAY.items():
         os.environ.setdefault(key, value)
@@ -49,9 +49,12 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
         port = port or _free_port(host)
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
+        import ray
+
+        cluster = ray.get_runtime_context().gcs_address
         print(f"adapterkit serve: listening on http://{host}:{port} (OpenAI API under /v1); base "
               f"{options.base_name!r}; {options.replicas} replicas on Ray Serve "
-              f"({'a local cluster' if started else os.environ.get('RAY_ADDRESS')}); adapters: "
+              f"({'a local Ray cluster' if started else 'the Ray cluster'} at {cluster}); adapters: "
               f"{', '.join(options.adapters) or 'none'}{'; store refs on demand' if options.store is not None else ''}",
               flush=True)
         stop.wait()

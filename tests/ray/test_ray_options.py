@@ -103,3 +103,14 @@ def test_call_asgi_streams_the_response_and_reports_a_caller_that_left():
     assert isinstance(start, ResponseStart) and start.status == 201 and start.header(b"content-type") == b"text/event-stream"
     assert body == [b"HELLO", b"!"]
     assert len(asyncio.run(run("/endless", take=2))) == 2 and seen == ["http.disconnect"]
+
+
+def test_the_benchmark_the_readme_names_starts():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "bench.ray_serve", "--help"], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--per-replica" in done.stdout, done.stderr

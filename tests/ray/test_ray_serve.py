@@ -161,10 +161,16 @@ def test_after_warm_up_requests_land_where_their_adapter_is(deployment):
     from adapterkit.integrations.ray import replica_counters
 
     client = deployment.client()
-    for name in WARM:  # one at a time, so each replica's new adapter reaches the router before the next
-        client.completions.create(model=f"{name}@prod", prompt="w1 w2", max_tokens=1, temperature=0)
-        _wait_until(lambda n=name: any(f"{n}@prod" in c["held"] for c in replica_counters("adapterkit")), 10)
-        time.sleep(0.3)  # Ray pushes a replica's model ids to the routers every 0.1 s
+    # Warm-up: rounds of one request per adapter, until a round loads nothing (at most 20 s). Requests go
+    # one at a time, a moment apart: a replica pushes the ids it holds to the routers every 0.1 s.
+    deadline = time.monotonic() + 20
+    while True:
+        loads = _totals(replica_counters("adapterkit"))["loads"]
+        for name in WARM:
+            client.completions.create(model=f"{name}@prod", prompt="w1 w2", max_tokens=1, temperature=0)
+            time.sleep(0.2)
+        if _totals(replica_counters("adapterkit"))["loads"] == loads or time.monotonic() > deadline:
+            break
     before = _totals(replica_counters("adapterkit"))
     requests = [f"{name}@prod" for _ in range(8) for name in WARM]
     for model in requests:

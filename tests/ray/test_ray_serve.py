@@ -51,6 +51,21 @@ class Deployment:
     def __init__(self, url: str, store_root: Path, adapter_dirs: dict, base_dir: Path, cluster: str) -> None:
         self.url, self.store_root, self.adapter_dirs, self.base_dir = url, store_root, adapter_dirs, base_dir
         self.cluster = cluster  # the Ray cluster's (GCS) address
+        self.serve_run: subprocess.Popen | None = None
+
+    def start_serve_run(self, log: Path) -> None:
+        """The README's `serve run` line, against this cluster, as a second application ("second", under
+        /second, 1 replica) beside the first; `--non-blocking` ends the command once it serves."""
+        _, _, serve_run = readme_commands("scaling-out:ray")
+        argv = substitute(serve_run, {"store=/shared/adapters": f"store={self.store_root}",
+                                      "base=smollm2": f"base={self.base_dir}", "replicas=2": "replicas=1"})
+        argv += ["served_model_name=smollm2", f"max_model_len={MAX_MODEL_LEN}", "replica_cpus=0.25",
+                 "app_name=second", "--name", "second", "--route-prefix", "/second", "--non-blocking",
+                 "--address", self.cluster]
+        self.serve_run_log = log
+        with open(log, "w") as out:
+            self.serve_run = subprocess.Popen([str(Path(sys.executable).with_name("serve")), *argv[1:]], stdout=out,
+                                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     def client(self, timeout: float = 60.0):
         from openai import OpenAI
@@ -93,6 +108,7 @@ def deployment(cluster, tmp_path_factory):
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env)
+    deployed = None
     try:
         from adapterkit.cli.main import main
 
@@ -103,15 +119,18 @@ def deployment(cluster, tmp_path_factory):
         line = _line_starting(process, "adapterkit serve:", timeout_s=150)
         assert f"127.0.0.1:{port}" in line and f"2 replicas on Ray Serve (the Ray cluster at {cluster})" in line, line
         print(f"adapterkit serve --replicas 2: serving {time.monotonic() - started:.1f} s after the command")
-        yield Deployment(f"http://127.0.0.1:{port}", store_root, adapter_dirs, base_dir, cluster)
+        deployed = Deployment(f"http://127.0.0.1:{port}", store_root, adapter_dirs, base_dir, cluster)
+        deployed.start_serve_run(root / "serve-run.log")  # checked by the last test; deploys meanwhile
+        yield deployed
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         print(f"SIGTERM to exit (application deleted): {time.monotonic() - stopping:.1f} s")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
+        for child in (process, deployed and deployed.serve_run):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -134,19 +153,18 @@ def test_replicas_answer_as_the_single_server(deployment, single_server):
 
     single = OpenAI(base_url=single_server + "/v1", api_key="unused", timeout=60, max_retries=0)
     replicated = deployment.client()
+    both = (single, replicated)
     for model in ["smollm2", *(f"{name}@prod" for name in ADAPTERS[:3])]:
-        for client_a, client_b in [(single, replicated)]:
-            chat = [c.chat.completions.create(model=model, messages=[{"role": "user", "content": "w3 w4 w5"}],
-                                              max_tokens=8, temperature=0) for c in (client_a, client_b)]
-            assert [chat[0].choices[0].message.content, chat[0].usage.completion_tokens] == \
-                   [chat[1].choices[0].message.content, chat[1].usage.completion_tokens], model
-            plain = [c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0)
-                     for c in (client_a, client_b)]
-            assert plain[0].choices[0].text == plain[1].choices[0].text and plain[0].choices[0].text, model
-            streamed = ["".join(chunk.choices[0].text for chunk in
-                                c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0,
-                                                     stream=True) if chunk.choices) for c in (client_a, client_b)]
-            assert streamed[0] == streamed[1] == plain[0].choices[0].text, model
+        chat = [c.chat.completions.create(model=model, messages=[{"role": "user", "content": "w3 w4 w5"}],
+                                          max_tokens=8, temperature=0) for c in both]
+        assert [chat[0].choices[0].message.content, chat[0].usage.completion_tokens] == \
+               [chat[1].choices[0].message.content, chat[1].usage.completion_tokens], model
+        plain = [c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0) for c in both]
+        assert plain[0].choices[0].text == plain[1].choices[0].text and plain[0].choices[0].text, model
+        streamed = ["".join(chunk.choices[0].text for chunk in
+                            c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0, stream=True)
+                            if chunk.choices) for c in both]
+        assert streamed[0] == streamed[1] == plain[0].choices[0].text, model
     models = {m.id for m in replicated.models.list()}
     assert "smollm2" in models
     with pytest.raises(Exception) as missing:
@@ -245,23 +263,21 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
 
 
 def test_readme_serve_run_line_deploys_the_same_application(deployment):
-    """The README's `serve run` line, against this cluster, as a second application beside the first."""
-    _, _, serve_run = readme_commands("scaling-out:ray")
-    argv = substitute(serve_run, {"store=/shared/adapters": f"store={deployment.store_root}",
-                                  "base=smollm2": f"base={deployment.base_dir}", "replicas=2": "replicas=1"})
-    argv += ["served_model_name=smollm2", f"max_model_len={MAX_MODEL_LEN}", "replica_cpus=0.25", "app_name=second",
-             "--name", "second", "--route-prefix", "/second", "--non-blocking", "--address", deployment.cluster]
-    serve_cli = Path(sys.executable).with_name("serve")
-    result = subprocess.run([str(serve_cli), *argv[1:]], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    """The README's `serve run` line (started by the fixture, against this cluster) serves a second
+    application beside the first, with the same answers."""
+    try:
+        status = deployment.serve_run.wait(120)
+    finally:
+        if deployment.serve_run.poll() is None:
+            deployment.serve_run.kill()
+    assert status == 0, deployment.serve_run_log.read_text()[-3000:]
     from openai import OpenAI
 
     client = OpenAI(base_url=deployment.url + "/second/v1", api_key="unused", timeout=60, max_retries=0)
     reply = client.completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6, temperature=0)
     expected = deployment.client().completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6,
                                                       temperature=0)
-    assert reply.choices[0].text == expected.choices[0].text  # the command's SIGTERM removes it with the rest
+    assert reply.choices[0].text == expected.choices[0].text  # the cluster's serve.shutdown removes it
 
 
 # --- helpers ----------------------------------------------------------------------------

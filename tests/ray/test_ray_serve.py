@@ -167,6 +167,10 @@ def test_replicas_answer_as_the_single_server(deployment, single_server):
         assert streamed[0] == streamed[1] == plain[0].choices[0].text, model
     models = {m.id for m in replicated.models.list()}
     assert "smollm2" in models
+    import httpx
+
+    refused = httpx.post(deployment.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/x"}, timeout=30)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_disabled"  # one replica of 2
     with pytest.raises(Exception) as missing:
         replicated.completions.create(model="nothing@prod", prompt="w1", max_tokens=2)
     assert getattr(missing.value, "status_code", None) == 404 and "nothing@prod" in str(missing.value)
@@ -200,6 +204,24 @@ def test_after_warm_up_requests_land_where_their_adapter_is(deployment):
           f"loads {delta['loads']}, evictions {delta['evictions']}")
     assert delta["requests"] == len(requests)
     assert hit_rate >= 0.9, delta
+
+
+def test_more_adapters_than_slots_evict_and_answers_stay_right(deployment, single_server):
+    """5 adapters over 2 replicas x 2 slots: serve.multiplexed evicts (counted), and every answer, before and
+    after its adapter was evicted and loaded again, is the single server's."""
+    from openai import OpenAI
+
+    from adapterkit.integrations.ray import replica_counters
+
+    single = OpenAI(base_url=single_server + "/v1", api_key="unused", timeout=60, max_retries=0)
+    before = _totals(replica_counters("adapterkit"))
+    for model in [f"{name}@prod" for name in (ADAPTERS[5], *WARM, ADAPTERS[5])]:
+        answers = [c.completions.create(model=model, prompt="w9 w10", max_tokens=4, temperature=0).choices[0].text
+                   for c in (single, deployment.client())]
+        assert answers[0] == answers[1], model
+    after = _totals(replica_counters("adapterkit"))
+    assert after["evictions"] > before["evictions"] and after["loads"] > before["loads"], (before, after)
+    assert all(len(c["held"]) <= 2 for c in replica_counters("adapterkit"))
 
 
 def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(deployment, single_server):

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from adapterkit.integrations.ray.asgi_call import HttpRequest, ResponseStart
 from adapterkit.integrations.ray.options import RayServeOptions
 from adapterkit.serve.config import ServeConfig
-from adapterkit.serve.errors import BadRequestError, BodyTooLargeError, ServeError
+from adapterkit.serve.errors import AdminDisabledError, BodyTooLargeError, ServeError
 
 # Paths whose JSON body names an adapter in `model`.
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -71,7 +71,7 @@ class OpenAIIngress:
         path = _app_path(request)
         try:
             if path in ADMIN_PATHS:
-                raise BadRequestError(
+                raise AdminDisabledError(
                     f"{path} is off behind Ray Serve: it would change one replica of {self.options.replicas}. "
                     "Serve store refs (name@tag) instead, loaded by whichever replica needs them, or pass "
                     "--adapter NAME=DIR at start")

@@ -77,6 +77,14 @@ class Deployment:
 def cluster():
     """This process's Ray cluster: 2 CPUs, no dashboard, its files in a temporary folder; yields its address."""
     ray, serve = _ray()
+    environment = pytest.MonkeyPatch()
+    environment.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # ray.init sets RAY_AUTH_MODE=token here (Ray 2.60's default for a new local cluster): the commands this
+    # module runs inherit it and join with the token in ~/.ray/auth_token. Restored at the end.
+    if "RAY_AUTH_MODE" in os.environ:
+        environment.setenv("RAY_AUTH_MODE", os.environ["RAY_AUTH_MODE"])
+    else:
+        environment.delenv("RAY_AUTH_MODE", raising=False)  # undo() removes what ray.init sets
     temp = tempfile.mkdtemp(prefix="akray-")  # short: Ray's socket paths must fit in 107 bytes
     started = time.monotonic()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _temp_dir=temp)
@@ -91,6 +99,7 @@ def cluster():
         _wait_until(lambda: not _processes_under(temp), 30)  # nothing of the cluster is left running
         print(f"serve.shutdown, ray.shutdown: {time.monotonic() - stopping:.1f} s")
         shutil.rmtree(temp, ignore_errors=True)
+        environment.undo()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +112,6 @@ def deployment(cluster, tmp_path_factory):
     port = _free_port()
     argv = substitute(serve_line, {"/shared/adapters": str(store_root), "smollm2": str(base_dir), "8000": str(port)})
     argv += ["--served-model-name", "smollm2", *REPLICA_OPTIONS]
-    # ray.init put RAY_AUTH_MODE=token (Ray 2.60's default for a local cluster) in this environment.
     env = {**os.environ, "RAY_ADDRESS": cluster, "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,

@@ -92,11 +92,16 @@ def cluster():
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
+        import psutil
+
         stopping = time.monotonic()
+        cluster_processes = psutil.Process().children(recursive=True)  # Ray's daemons and their workers
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
-        _wait_until(lambda: not _processes_under(temp), 30)  # nothing of the cluster is left running
+        # nothing of the cluster is left running
+        _wait_until(lambda: not any(_alive(p) for p in cluster_processes), 30)
+        assert not _processes_under(temp)
         print(f"serve.shutdown, ray.shutdown: {time.monotonic() - stopping:.1f} s")
         shutil.rmtree(temp, ignore_errors=True)
         environment.undo()
@@ -368,6 +373,15 @@ def _line_starting(process: subprocess.Popen, prefix: str, timeout_s: float) -> 
     reader.join(timeout_s)
     assert found, f"no line starting {prefix!r} within {timeout_s} s (exit status {process.poll()})"
     return found[0]
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _processes_under(folder: str) -> list[int]:

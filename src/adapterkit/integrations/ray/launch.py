@@ -51,6 +51,7 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
         serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
         import ray
 
+        host, port = _http_address(host, port)
         cluster = ray.get_runtime_context().gcs_address
         print(f"adapterkit serve: listening on http://{host}:{port} (OpenAI API under /v1); base "
               f"{options.base_name!r}; {options.replicas} replicas on Ray Serve "
@@ -63,6 +64,19 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _leave(options.app_name, started)
+
+
+def _http_address(host: str, port: int) -> tuple[str, int]:
+    """Where Serve's HTTP proxy listens. Asked, not assumed: on a cluster whose Serve already runs,
+    `serve.start` keeps the proxy's address and ignores ours. (Serve's client object is internal; if
+    it changes, the address asked for is what we can say.)"""
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config  # type: ignore[union-attr]
+        return config.host, config.port
+    except Exception:  # noqa: BLE001 - only the printed address depends on it
+        return host, port
 
 
 def _leave(app_name: str, started: bool) -> None:

@@ -53,12 +53,12 @@ def parse_adapters(items: list[str]) -> dict[str, str | Path]:
 
 
 def run_serve(args) -> int:
-    from adapterkit.serve.config import ServeConfig
+    from adapterkit.serve.config import ServeConfig, served_name
 
     adapters = parse_adapters(args.adapter)  # bad options fail before torch is even imported
     if args.replicas is not None:
         return _run_replicas(args, adapters)
-    config = ServeConfig(base_name=args.served_model_name or _base_name(args.base), adapters=adapters,
+    config = ServeConfig(base_name=args.served_model_name or served_name(args.base), adapters=adapters,
                          max_loras=args.max_loras, max_batch=args.max_batch, max_model_len=args.max_model_len,
                          max_queue=args.max_queue, api_key=args.api_key, base_root=str(args.base))
     config.check()
@@ -107,11 +107,6 @@ def _run_replicas(args, adapters: dict[str, str | Path]) -> int:
     from adapterkit.integrations.ray.launch import serve_replicas
 
     return serve_replicas(options, host=args.host, port=args.port)
-
-
-def _base_name(base: str) -> str:
-    path = Path(base).expanduser()
-    return path.name if path.is_dir() else base
 
 
 def _draining_server(config, state):

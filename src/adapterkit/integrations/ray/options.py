@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from adapterkit.errors import RayServeOptionError
-from adapterkit.serve.config import ServeConfig
+from adapterkit.serve.config import ServeConfig, served_name
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,10 +38,7 @@ class RayServeOptions:
 
     @property
     def base_name(self) -> str:
-        if self.served_model_name:
-            return self.served_model_name
-        path = Path(self.base).expanduser()
-        return path.name if path.is_dir() else self.base
+        return self.served_model_name or served_name(self.base)
 
     def serve_config(self) -> ServeConfig:
         """The single-server settings every replica runs. Room for one more adapter than Ray's LRU

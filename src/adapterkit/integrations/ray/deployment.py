@@ -16,9 +16,9 @@ from adapterkit.integrations.ray.ingress import OpenAIIngress
 from adapterkit.integrations.ray.options import RayServeOptions
 from adapterkit.integrations.ray.replica import AdapterReplica
 
-# The ingress only parses a body and forwards bytes: a tenth of a CPU is plenty, and it
-# leaves whole CPUs to the replicas on a small host.
-INGRESS_CPUS = 0.1
+# The ingress only parses a body and forwards bytes: it reserves no CPU, so N replicas of one
+# CPU each fit on an N-CPU host.
+INGRESS_CPUS = 0.0
 # A replica told to stop checks this often whether its requests in flight are done (Ray's default: 2 s).
 GRACEFUL_WAIT_LOOP_S = 0.5
 

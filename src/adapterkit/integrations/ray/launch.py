@@ -8,6 +8,7 @@ Serve lets the requests in flight finish first) and, if it started the cluster, 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        _check_room(options)
         port = port or _free_port(host)
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
@@ -64,6 +66,20 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _leave(options.app_name, started)
+
+
+def _check_room(options: RayServeOptions) -> None:
+    """Refuse a deployment the cluster can never place (Serve would wait for CPUs forever)."""
+    import ray
+
+    from adapterkit.errors import RayServeOptionError
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    needed = options.replicas * options.replica_cpus
+    if needed > cpus:
+        raise RayServeOptionError(
+            f"{options.replicas} replicas x {options.replica_cpus:g} CPU need {needed:g} CPUs, but the Ray cluster has "
+            f"{cpus:g}; pass --replica-cpus {math.floor(cpus / options.replicas * 100) / 100:g} or fewer --replicas")
 
 
 def _http_address(host: str, port: int) -> tuple[str, int]:

@@ -5,8 +5,9 @@ measured from the replicas' own counters, and a replica killed while it loads an
 One cluster and one deployment for the module (starting them is most of the time): this process starts
 a local Ray cluster (2 CPUs, no dashboard, its files in a temporary folder); the README's
 `adapterkit serve --replicas 2` line, run as a subprocess, joins it through RAY_ADDRESS and deploys, while
-this process fills the store (replicas resolve refs on demand); the README's `serve run` line is checked
-last, against the same cluster. At the end nothing of the cluster may be left running.
+this process fills the store (replicas resolve refs on demand); the README's `serve run` line starts once
+that deployment serves (a second application on the same cluster) and is checked last. At the end nothing
+of the cluster may be left running.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
                         help="seconds SIGINT/SIGTERM waits for requests in flight (default 120)")
     parser.add_argument("--replicas", type=int, metavar="N",
                         help="run N replicas behind Ray Serve, each adapter's requests routed to a replica holding it "
-                             "(a local Ray cluster, or the one at $RAY_ADDRESS; pip install 'adapterkit[ray]')")
+                             "(a local Ray cluster, or the one at $RAY_ADDRESS; pip install 'adapterkit[ray]'). "
+                             "--max-loras, --drain-timeout and --log-level do not apply: Ray Serve evicts and drains")
     parser.add_argument("--max-adapters-per-replica", type=int, default=8, metavar="K",
                         help="with --replicas: store refs one replica keeps loaded (Ray's multiplexing LRU; default 8)")
     parser.add_argument("--replica-cpus", type=float, default=1.0,

@@ -39,7 +39,7 @@ system-packages:
 test: $(STAMP) system-packages
 	$(PYTEST) tests
 
-# Everything but the end-to-end runs on the embedded SmolLM2 (marked slow).
+# Everything but the end-to-end runs in real processes (marked slow: SmolLM2, CLI subprocesses, torchrun, browsers).
 test-fast: $(STAMP) system-packages
 	$(PYTEST) -m "not slow" tests
 

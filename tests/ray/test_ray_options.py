@@ -27,7 +27,9 @@ def test_serve_run_arguments_become_typed_options():
     assert (options.replicas, options.replica_cpus, options.max_adapters_per_replica) == (3, 0.5, 4)
     assert options.adapters == {"a": "/x/a", "b": "/x/b"} and options.base_name == "tiny"
     config = options.serve_config()  # what every replica runs: room for the multiplexer's adapters + start-up ones
-    assert config.max_loras == 4 + 2 + 1 and config.base_name == "tiny"
+    from adapterkit.serve.protocol import MAX_MERGED_ADAPTERS  # ... and a merged_adapters request's
+
+    assert config.max_loras == 4 + 2 + MAX_MERGED_ADAPTERS + 1 and config.base_name == "tiny"
 
 
 def bad_arguments():

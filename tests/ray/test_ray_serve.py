@@ -181,6 +181,11 @@ def test_replicas_answer_as_the_single_server(deployment, single_server):
                             c.completions.create(model=model, prompt="w7 w8", max_tokens=6, temperature=0, stream=True)
                             if chunk.choices) for c in both]
         assert streamed[0] == streamed[1] == plain[0].choices[0].text, model
+    merged = {"ids": [f"{ADAPTERS[0]}@prod", f"{ADAPTERS[1]}@prod"], "weights": [0.7, 0.3], "merge_strategy": "ties",
+              "density": 0.5}  # a per-request combination: model is the base, any replica builds it
+    combined = [c.completions.create(model="smollm2", prompt="w7 w8", max_tokens=6, temperature=0,
+                                     extra_body={"merged_adapters": merged}).choices[0].text for c in both]
+    assert combined[0] == combined[1] and combined[0]
     models = {m.id for m in replicated.models.list()}
     assert "smollm2" in models
     import httpx

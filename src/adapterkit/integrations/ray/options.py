@@ -41,10 +41,15 @@ class RayServeOptions:
         return self.served_model_name or served_name(self.base)
 
     def serve_config(self) -> ServeConfig:
-        """The single-server settings every replica runs. Room for one more adapter than Ray's LRU
-        keeps, so a store tag that moved to a new version still loads while the old one is held."""
+        """The single-server settings every replica runs. Room beyond what Ray's LRU keeps (it pins
+        those): a request's `merged_adapters` sources and their combination, and one more, so a store
+        tag that moved to a new version still loads while the old one is held. (Slots cost nothing
+        until used.)"""
+        from adapterkit.serve.protocol import MAX_MERGED_ADAPTERS  # imports torch: replicas only
+
+        room = MAX_MERGED_ADAPTERS + 1
         return ServeConfig(base_name=self.base_name, adapters=dict(self.adapters),
-                           max_loras=self.max_adapters_per_replica + len(self.adapters) + 1,
+                           max_loras=self.max_adapters_per_replica + len(self.adapters) + room,
                            max_batch=self.max_batch, max_model_len=self.max_model_len, max_queue=self.max_queue,
                            api_key=self.api_key, base_root=str(self.base))
 

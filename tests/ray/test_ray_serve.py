@@ -34,10 +34,12 @@ from readme_commands import readme_commands, substitute
 # measured on 2 cores shared with other jobs at load 8-14).
 pytestmark = pytest.mark.slow
 
-ADAPTERS = [f"a{i:02d}" for i in range(6)]
+ADAPTERS = [f"a{i:02d}" for i in range(7)]
 WARM = ADAPTERS[:4]  # the hit-rate test's adapters: 2 per replica (--max-adapters-per-replica 2)
 GATED = ADAPTERS[4]  # its store blob is a FIFO the kill test holds shut
+SLOW = ADAPTERS[6]  # ... and this one's, past the second application's request_timeout_s
 MAX_MODEL_LEN = 32
+SECOND_TIMEOUT_S = 3  # the `serve run` application's request_timeout_s
 REPLICA_OPTIONS = ["--max-model-len", str(MAX_MODEL_LEN), "--replica-cpus", "0.5", "--max-adapters-per-replica", "2"]
 
 
@@ -63,7 +65,7 @@ class Deployment:
         argv = substitute(serve_run, {"store=/shared/adapters": f"store={self.store_root}",
                                       "base=smollm2": f"base={self.base_dir}", "replicas=2": "replicas=1"})
         argv += ["served_model_name=smollm2", f"max_model_len={MAX_MODEL_LEN}", "replica_cpus=0.25",
-                 "app_name=second", "--name", "second", "--route-prefix", "/second", "--non-blocking",
+                 f"request_timeout_s={SECOND_TIMEOUT_S}", "app_name=second", "--name", "second", "--route-prefix", "/second", "--non-blocking",
                  "--address", self.cluster]
         self.serve_run_log = log
         with open(log, "w") as out:
@@ -251,15 +253,7 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
     from openai import APIStatusError, OpenAI
 
     from adapterkit.integrations.ray import replica_counters
-    from adapterkit.store import AdapterStore
 
-    store = AdapterStore(deployment.store_root)
-    record = store.resolve(f"{GATED}@prod")
-    (weights,) = [f for f in store.index.files(record) if f.path.endswith(".safetensors")]
-    blob = store.blobs.path(weights.blob)
-    original = blob.read_bytes()
-    blob.unlink()
-    os.mkfifo(blob)
     outcome: dict = {}
 
     def gated_request() -> None:
@@ -271,26 +265,25 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - started
 
-    requester = threading.Thread(target=gated_request)
-    requester.start()
-    writer = _open_when_read(blob, timeout_s=30)  # a replica is now inside the load, blocked on the read
-    try:
-        (loading,) = [c for c in replica_counters("adapterkit") if f"{GATED}@prod" in c["loading"]]
-        survivor = next(c for c in replica_counters("adapterkit") if c["replica"] != loading["replica"])
-        killed_at = time.monotonic()
-        os.kill(loading["pid"], signal.SIGKILL)
-        requester.join(60)
-        assert not requester.is_alive(), "the request in flight on the killed replica hangs"
-        assert outcome["error"] is not None and outcome["error"].status_code == 503, outcome
-        assert json.loads(outcome["error"].response.text)["error"]["code"] == "replica_unavailable"
-        print(f"\nrequest in flight on the killed replica: 503 after {time.monotonic() - killed_at:.1f} s")
-        held = survivor["held"][0] if survivor["held"] else "smollm2"
-        reply = deployment.client().completions.create(model=held, prompt="w1 w2", max_tokens=2, temperature=0)
-        assert reply.choices[0].text is not None  # the other replica kept serving
-    finally:
-        os.close(writer)
-        blob.unlink()
-        blob.write_bytes(original)
+    with _gated(deployment.store_root, f"{GATED}@prod") as blob:
+        requester = threading.Thread(target=gated_request)
+        requester.start()
+        writer = _open_when_read(blob, timeout_s=30)  # a replica is now inside the load, blocked on the read
+        try:
+            (loading,) = [c for c in replica_counters("adapterkit") if f"{GATED}@prod" in c["loading"]]
+            survivor = next(c for c in replica_counters("adapterkit") if c["replica"] != loading["replica"])
+            killed_at = time.monotonic()
+            os.kill(loading["pid"], signal.SIGKILL)
+            requester.join(60)
+            assert not requester.is_alive(), "the request in flight on the killed replica hangs"
+            assert outcome["error"] is not None and outcome["error"].status_code == 503, outcome
+            assert json.loads(outcome["error"].response.text)["error"]["code"] == "replica_unavailable"
+            print(f"\nrequest in flight on the killed replica: 503 after {time.monotonic() - killed_at:.1f} s")
+            held = survivor["held"][0] if survivor["held"] else "smollm2"
+            reply = deployment.client().completions.create(model=held, prompt="w1 w2", max_tokens=2, temperature=0)
+            assert reply.choices[0].text is not None  # the other replica kept serving
+        finally:
+            os.close(writer)  # EOF for a reader still there
 
     def replaced() -> bool:
         replicas = replica_counters("adapterkit")
@@ -307,7 +300,8 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
 
 def test_readme_serve_run_line_deploys_the_same_application(deployment):
     """The README's `serve run` line (started by the fixture, against this cluster) serves a second
-    application beside the first, with the same answers."""
+    application beside the first, with the same answers; there a replica that stays silent past
+    request_timeout_s (blocked loading an adapter) gives a 504, and goes on serving."""
     try:
         status = deployment.serve_run.wait(120)
     finally:
@@ -321,6 +315,19 @@ def test_readme_serve_run_line_deploys_the_same_application(deployment):
     expected = deployment.client().completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6,
                                                       temperature=0)
     assert reply.choices[0].text == expected.choices[0].text  # the cluster's serve.shutdown removes it
+    from openai import APIStatusError
+
+    with _gated(deployment.store_root, f"{SLOW}@prod") as blob:
+        started = time.monotonic()
+        with pytest.raises(APIStatusError) as late:
+            client.completions.create(model=f"{SLOW}@prod", prompt="w1", max_tokens=2)
+        waited = time.monotonic() - started
+        os.close(_open_when_read(blob, timeout_s=10))  # EOF: that load fails (a corrupt file) and the replica goes on
+    assert late.value.status_code == 504, late.value
+    assert json.loads(late.value.response.text)["error"]["code"] == "replica_timeout"
+    assert SECOND_TIMEOUT_S <= waited < SECOND_TIMEOUT_S + 20, waited
+    again = client.completions.create(model=f"{ADAPTERS[0]}@prod", prompt="w7 w8", max_tokens=6, temperature=0)
+    assert again.choices[0].text == expected.choices[0].text
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -345,6 +352,26 @@ def _save_adapters(base_dir: Path, root: Path) -> dict[str, Path]:
 
 def _totals(counters: list[dict]) -> dict[str, int]:
     return {k: sum(c[k] for c in counters) for k in ("requests", "hits", "loads", "evictions")}
+
+
+@contextlib.contextmanager
+def _gated(store_root: Path, ref: str):
+    """Replace the weights blob of stored version `ref` by a FIFO, for the block: a replica loading it
+    blocks in the read until the FIFO's write end opens and closes (EOF: a corrupt file, refused). The
+    blob is put back at the end, whatever happened."""
+    from adapterkit.store import AdapterStore
+
+    store = AdapterStore(store_root)
+    (weights,) = [f for f in store.index.files(store.resolve(ref)) if f.path.endswith(".safetensors")]
+    blob = store.blobs.path(weights.blob)
+    original = blob.read_bytes()
+    blob.unlink()
+    os.mkfifo(blob)
+    try:
+        yield blob
+    finally:
+        blob.unlink()
+        blob.write_bytes(original)
 
 
 def _open_when_read(fifo: Path, timeout_s: float) -> int:

@@ -50,7 +50,10 @@ def serve_replicas(options: RayServeOptions, host: str = "127.0.0.1", port: int 
         _check_room(options)
         port = port or _free_port(host)
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
+        try:
+            serve.run(build_application(options), name=options.app_name, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # Serve says "failed to update the deployments"; the replicas' error says why
+            raise RuntimeError(f"{exc} {_deployment_error(options.app_name)}".strip()) from None
         import ray
 
         host, port = _http_address(host, port)
@@ -80,6 +83,18 @@ def _check_room(options: RayServeOptions) -> None:
         raise RayServeOptionError(
             f"{options.replicas} replicas x {options.replica_cpus:g} CPU need {needed:g} CPUs, but the Ray cluster has "
             f"{cpus:g}; pass --replica-cpus {math.floor(cpus / options.replicas * 100) / 100:g} or fewer --replicas")
+
+
+def _deployment_error(app_name: str) -> str:
+    """The last line of the error a failed deployment's replicas raised (their constructor's), if Serve kept it."""
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[app_name].deployments
+    except Exception:  # noqa: BLE001 - the message is a courtesy
+        return ""
+    messages = [d.message.strip().splitlines()[-1] for d in deployments.values() if d.message.strip()]
+    return "; ".join(dict.fromkeys(messages))
 
 
 def _http_address(host: str, port: int) -> tuple[str, int]:

@@ -132,3 +132,8 @@ class QuantizedMergeError(AdapterStateError):
 # --- Ray Serve replicas (integrations/ray) ---------------------------------------
 class RayServeOptionError(AdapterError, ValueError):
     """A Ray Serve deployment option (`adapterkit serve --replicas`, `serve run ... key=value`) is unusable."""
+# --- offload: bases placed by device_map / offloaded by accelerate ---------------
+class OffloadedWeightError(AdapterError, ValueError):
+    """A base weight sits on the meta device and nothing says where its values are (no accelerate
+    hook with a weights map on its module), or an operation needs a base tensor adapterkit cannot
+    write through accelerate's offload (a trained bias, a modules_to_save copy): nothing was changed."""

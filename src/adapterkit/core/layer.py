@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterkit.core import dora
+from adapterkit.core import dora, placement
 from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
@@ -133,10 +133,10 @@ class LoraAdapters(nn.Module):
         """Add adapter `name`. `init=None` leaves the factors (and a DoRA magnitude) unwritten,
         for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
-        weight = self.base_weight
+        device = placement.execution_device(self.base)  # offloaded: the hook's device, never meta
         pack = self.packs.get(rank)
         if pack is None:
-            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, weight.device,
+            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, device,
                                                self.kind.factor_dtype(self.base), self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
@@ -146,7 +146,7 @@ class LoraAdapters(nn.Module):
         if use_dora:
             assert not self.kind.indexed, "callers refuse DoRA on embeddings"
             self.lora_magnitude_vector[name] = nn.Parameter(
-                torch.zeros(self.out_features, device=weight.device, dtype=self.kind.factor_dtype(self.base)),
+                torch.zeros(self.out_features, device=device, dtype=self.kind.factor_dtype(self.base)),
                 requires_grad=trainable)
         self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
@@ -254,6 +254,9 @@ class LoraAdapters(nn.Module):
         route = self.routing.current()  # this call's own routing, or the model-wide one
         if route.disabled or not self.info:
             return result
+        # The hook sees the module's inputs as passed: accelerate moves them to the execution
+        # device (where result and the factors are) only inside the module's own forward.
+        x = x.to(result.device)
         if route.row_ids is not None:
             return self._mixed_delta(x, route, result)
         base_out = result
@@ -263,8 +266,9 @@ class LoraAdapters(nn.Module):
         return result
 
     def _base_without_bias(self, base_out: torch.Tensor) -> torch.Tensor:
-        bias = getattr(self.base, "bias", None)
-        return base_out if bias is None else base_out - bias
+        if getattr(self.base, "bias", None) is None:
+            return base_out
+        return base_out - placement.tensor_values(self.base, "bias", base_out.device)
 
     def _delta(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
         """`base_out`: the base layer's output for x, which DoRA reuses as W x (as PEFT does)
@@ -300,12 +304,13 @@ class LoraAdapters(nn.Module):
         """Add the DoRA correction to the rows of DoRA adapters (their plain LoRA part already
         came through the gathered path). Reads which rows use them: only when DoRA is here."""
         assert route.row_ids is not None
+        row_ids = route.row_ids.to(x.device)  # made on the model's first device (model/mixed.py)
         rows_of = {self.routing.ids[n]: n for n, info in self.info.items() if info.dora and n not in self.merged}
-        for row_id in route.row_ids.unique().tolist():
+        for row_id in row_ids.unique().tolist():
             name = rows_of.get(row_id)
             if name is None:
                 continue
-            rows = (route.row_ids == row_id).nonzero().squeeze(1)
+            rows = (row_ids == row_id).nonzero().squeeze(1)
             A, B = self.lora_A[name], self.lora_B[name]
             xr = x.index_select(0, rows).to(A.dtype)
             lora_out = F.linear(F.linear(xr, A), B) * self.info[name].scale  # (k, ..., out)
@@ -330,6 +335,7 @@ class LoraAdapters(nn.Module):
         rows = x.shape[0]
         row_ids, in_use = route.row_ids, route.row_names
         assert row_ids is not None  # forward sends only mixed routes here
+        row_ids = row_ids.to(result.device)  # a no-op unless device_map spread the model over devices
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # DoRA rows reuse the base output as W x (as PEFT does); it is about to be added to in place.
         base_out = out.clone() if self.lora_magnitude_vector else out
@@ -417,14 +423,18 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        return bool(torch.isfinite(self.merged_weight(self.base_weight, todo)).all())
+        return bool(torch.isfinite(self.merged_weight(placement.tensor_values(self.base), todo)).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
-        weight = self.base_weight
+        if not todo:
+            return todo  # nothing to write: an offloaded weight keeps its hook's own map
+        if not self.merged:
+            placement.begin_merge(self.base)  # offloaded: keep W to put back exactly at the last unmerge
+        weight = placement.writable_weight(self.base)
         for name in todo:
             norm = self._merge_one(weight, name)
             if norm is not None:
@@ -439,13 +449,15 @@ class LoraAdapters(nn.Module):
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
         if not names:
             return
-        weight = self.base_weight
+        weight = placement.writable_weight(self.base)
         first = min(self.merged.index(n) for n in names)
         later = self.merged[first:]
         if not any(self.info[n].dora for n in later):  # additive: subtract just these
             for name in reversed(names):
-                weight.sub_(self.delta_weight(name).to(weight.dtype))
+                weight.sub_(self.delta_weight(name).to(weight.device, weight.dtype))
                 self.merged.remove(name)
+            if not self.merged:
+                placement.end_merge(self.base)
             return
         remerge = [n for n in later if n not in names]
         for name in reversed(later):
@@ -457,8 +469,10 @@ class LoraAdapters(nn.Module):
                                         self._dora_norms.pop(name))
                 weight.copy_(layout(restored))
             else:
-                weight.sub_(delta.to(weight.dtype))
+                weight.sub_(delta.to(weight.device, weight.dtype))
             self.merged.remove(name)
+        if not self.merged:
+            placement.end_merge(self.base)
         self.merge(remerge)
 
     def extra_repr(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -155,10 +156,13 @@ def test_hot_load_unload_and_replace_under_load(base_dir, adapter_dirs, referenc
             with pytest.raises(openai.NotFoundError):
                 await _complete(client, "y", prompt)
             assert (await admin.post("/v1/unload_lora_adapter", json={"lora_name": "y"})).status_code == 404
-            await asyncio.sleep(0.2)  # deletions queued behind the last lease run on the engine thread
 
     with serving(base_dir, {"x": adapter_dirs["a00"]}, api_key=API_KEY, max_batch=8) as server:
         asyncio.run(scenario(server))
-        # Only x's current weights remain: every replaced or unloaded copy was deleted from the model.
+        # Only x's current weights remain: every replaced or unloaded copy was deleted from the model
+        # (deletions queued behind the last lease run on the engine thread: wait for them, bounded).
+        deadline = time.monotonic() + 30
+        while len(server.state.model.peft_config) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(server.state.model.peft_config) == 1
         assert json.dumps(server.state.adapters.listing()).count('"id"') == 1

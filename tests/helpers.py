@@ -138,3 +138,32 @@ def missing_tool(reason: str, module_level: bool = False):
     if os.environ.get(REQUIRE_ALL_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ALL_ENV}=1 says it must run)", pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a server that another process binds later (a subprocess, Ray).
+
+    Taken below the kernel's ephemeral range (net.ipv4.ip_local_port_range), which bind(("", 0)) and
+    every outgoing connection draw from: a port handed out by bind(0) and released is free for the
+    kernel to give to the next connection any process opens, before the server gets to bind it.
+    Above 20000: Ray's worker ports are 10002-19999. In-process servers need none of this: they bind
+    their socket themselves (serve_helpers.ServerThread)."""
+    import random
+    import socket
+
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, low) if low > 20100 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: draw another
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port found between 20000 and {low}")

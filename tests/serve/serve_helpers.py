@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 
 import torch
+import uvicorn
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.serve.background import BackgroundServer
-from helpers import randomize_adapter, save_tiny_base, tiny_llama, tiny_tokenizer  # noqa: F401 (re-exported)
+from helpers import free_port, randomize_adapter, save_tiny_base, tiny_llama, tiny_tokenizer  # noqa: F401 (re-exported)
 
 ADAPTERS = 20
 MAX_MODEL_LEN = 32
@@ -39,14 +41,26 @@ def save_random_adapters(base_dir, root, count: int = ADAPTERS) -> dict[str, obj
     return folders
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerThread(BackgroundServer):
-    """A real uvicorn server on 127.0.0.1 in a background thread, with the app's ServerState at hand."""
+    """A real uvicorn server on 127.0.0.1 in a background thread, with the app's ServerState at hand.
+
+    Its listening socket is bound here, before the thread starts, and handed to uvicorn: a port picked
+    first and bound later can be handed to another connection meanwhile on a busy machine. `port`: a
+    given one (a server taking over a stopped one's address), or 0 for any free one."""
+
+    def __init__(self, app, port: int = 0, log_level: str = "warning", graceful_shutdown_s: float = 10) -> None:
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own bind does
+        self.socket.bind(("127.0.0.1", port))
+        super().__init__(app, port=self.socket.getsockname()[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
+                                                    timeout_graceful_shutdown=graceful_shutdown_s))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       name="adapterkit-http", daemon=True)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self.socket.close()  # uvicorn closed its listener; this closes the test's handle too
 
     @property
     def state(self):
@@ -63,7 +77,7 @@ def serving(base_dir, adapters=None, **options):
     options.setdefault("max_model_len", MAX_MODEL_LEN)
     store = options.pop("store", None)
     config = ServeConfig(base_name="tiny", adapters=dict(adapters or {}), **options)
-    with ServerThread(build_app(model, tokenizer, config, store=store), port=free_port()) as server:
+    with ServerThread(build_app(model, tokenizer, config, store=store)) as server:
         yield server
 
 

@@ -25,8 +25,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
-from serve_helpers import API_KEY, MAX_MODEL_LEN, ServerThread, free_port, serving
+from serve_helpers import API_KEY, MAX_MODEL_LEN, ServerThread, serving
 
 from adapterkit import LoraConfig, get_peft_model
 from adapterkit.store import AdapterStore
@@ -51,7 +50,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 PROMPT = "w3 w4 w5 w6"
-WAIT_MS = 20_000
+WAIT_MS = 60_000  # a bound, not a pace: generous for a loaded machine, free when all is well
 pytestmark = pytest.mark.slow  # a real browser driving a real server: end to end
 
 
@@ -290,9 +289,9 @@ def test_errors_read_as_sentences_never_blank_columns(page, server, client):
 def test_a_server_that_dies_mid_reply_and_comes_back(page, base_dir, adapter_dirs):
     """The connection is cut mid-stream (as when the server process dies), the server stays
     down, then a new one starts on the same port: each step reads as a sentence in the page."""
-    port = free_port()
     cut = threading.Event()
-    with _ServerOnPort(_CutStreams(_app(base_dir, adapter_dirs), cut), port) as first:
+    with _ServerOnPort(_CutStreams(_app(base_dir, adapter_dirs), cut)) as first:
+        port = first.port
         open_page(page, first.url, key=None)
         assert "load and unload are off" in page.text_content("#key-hint")
         page.click("#store-table tr[data-ref] button, #refresh-store")  # no store here: nothing to load
@@ -342,7 +341,7 @@ def _app(base_dir, adapter_dirs):
                                                    max_model_len=MAX_MODEL_LEN, max_batch=4))
 
 
-def _wait_until(condition, timeout_s: float = 10.0) -> None:
+def _wait_until(condition, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -408,11 +407,8 @@ class _CutStreams:
 
 
 class _ServerOnPort(ServerThread):
-    """ServerThread on a chosen port, so a second server can take over the first one's address."""
+    """ServerThread, quiet and quick to stop, on any free port or on a given one, so a second server
+    can take over the first one's address."""
 
-    def __init__(self, app, port: int) -> None:
-        super().__init__(app)
-        self.port = port
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                                    timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, app, port: int = 0) -> None:
+        super().__init__(app, port=port, log_level="critical", graceful_shutdown_s=2)

@@ -131,7 +131,7 @@ def test_a_bfloat16_server_serves_mixed_batches(base_dir, adapter_dirs):
     import asyncio
 
     import torch
-    from serve_helpers import ServerThread, free_port
+    from serve_helpers import ServerThread
 
     from adapterkit.hf import load_base
     from adapterkit.serve import ServeConfig, build_app
@@ -147,6 +147,6 @@ def test_a_bfloat16_server_serves_mixed_batches(base_dir, adapter_dirs):
             return await asyncio.gather(*(client.completions.create(model=m, prompt="w1 w2", max_tokens=5, temperature=0)
                                           for m in ("a", "b", "tiny")))
 
-    with ServerThread(app, port=free_port()) as server:
+    with ServerThread(app) as server:
         replies = asyncio.run(three(server.url))
     assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)

@@ -77,7 +77,7 @@ class PostgresServer:
         self._run(self.initdb, "-D", str(data), "-U", "adapterkit", "--auth=trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
         options = f"-k {self.base} -c listen_addresses='' -F -c full_page_writes=off -c max_connections=200"
-        self._run(self.pg_ctl, "-D", str(data), "-o", options, "-l", str(self.base / "log"), "-w", "start")
+        self._run(self.pg_ctl, "-D", str(data), "-o", options, "-l", str(self.base / "log"), "-w", "-t", "120", "start")
         return f"postgresql://adapterkit@/postgres?host={quote(str(self.base), safe='')}"
 
     def stop(self) -> None:

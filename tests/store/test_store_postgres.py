@@ -31,7 +31,7 @@ def test_a_lease_lives_as_long_as_its_session_wherever_it_runs(pg_store, make_fo
     lease = other.index.begin_lease(blobs, ttl=3600)
     assert pg_store.gc(grace_s=0).blobs_deleted == 0
     other.index.close()  # the session ends (as when that host's process dies)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the server notices the closed session a moment later; bounded
     while (deleted := pg_store.gc(grace_s=0).blobs_deleted) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert deleted == len(blobs)
@@ -63,13 +63,14 @@ def test_a_lease_cannot_slip_in_while_gc_is_deleting(pg_store, make_folder, tmp_
 
     def slow_delete(blob: str) -> None:
         in_delete.set()
-        release.wait(10)
+        release.wait(120)  # a bound only: the test releases it once the lease is seen waiting
         original_delete(blob)
 
     pg_store.blobs.delete = slow_delete  # type: ignore[method-assign]
     gc_thread = threading.Thread(target=lambda: pg_store.gc(grace_s=0))
     gc_thread.start()
-    assert in_delete.wait(10)
+    assert in_delete.wait(60)
+    waiting_before = _sessions_waiting_on_an_advisory_lock(pg_store)
 
     def lease() -> None:
         other.index.begin_lease(blobs, ttl=60)
@@ -77,13 +78,26 @@ def test_a_lease_cannot_slip_in_while_gc_is_deleting(pg_store, make_folder, tmp_
 
     lease_thread = threading.Thread(target=lease)
     lease_thread.start()
-    time.sleep(0.5)
+    # The lease's session is blocked on gc's lock, by the server's own account (not after a fixed
+    # sleep, which on a loaded machine can pass before the lease has even asked for the lock).
+    deadline = time.monotonic() + 60
+    while _sessions_waiting_on_an_advisory_lock(pg_store) <= waiting_before and not leased_at:
+        assert time.monotonic() < deadline, "the lease never reached gc's lock"
+        time.sleep(0.02)
     assert leased_at == []  # waiting for gc's transaction
     released = time.monotonic()
     release.set()
-    gc_thread.join(10)
-    lease_thread.join(10)
+    gc_thread.join(60)
+    lease_thread.join(60)
     assert leased_at and leased_at[0] >= released
+
+
+def _sessions_waiting_on_an_advisory_lock(store: AdapterStore) -> int:
+    import psycopg
+
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND wait_event = 'advisory'").fetchone()[0]
 
 
 def test_a_postgres_store_needs_a_blob_folder(postgres_server):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import missing_tool, randomize_adapter, save_tiny_base
+from helpers import free_port, missing_tool, randomize_adapter, save_tiny_base
 from readme_commands import readme_commands, substitute
 
 # A Ray cluster, Serve, 2 + 1 replicas, 2 ingresses and a replacement: ~50 s of CPU in all (80 s of wall time
@@ -105,7 +105,7 @@ def cluster():
             serve.shutdown()
         ray.shutdown()
         # nothing of the cluster is left running
-        _wait_until(lambda: not any(_alive(p) for p in cluster_processes), 30)
+        _wait_until(lambda: not any(_alive(p) for p in cluster_processes), 60)
         assert not _processes_under(temp)
         print(f"serve.shutdown, ray.shutdown: {time.monotonic() - stopping:.1f} s")
         shutil.rmtree(temp, ignore_errors=True)
@@ -119,7 +119,7 @@ def deployment(cluster, tmp_path_factory):
     base_dir = save_tiny_base(root / "base")
     store_root = root / "store"
     put, serve_line, _ = readme_commands("scaling-out:ray")
-    port = _free_port()
+    port = free_port()  # below the ephemeral range: no connection is handed it before the command binds it
     argv = substitute(serve_line, {"/shared/adapters": str(store_root), "smollm2": str(base_dir), "8000": str(port)})
     argv += ["--served-model-name", "smollm2", *REPLICA_OPTIONS]
     env = {**os.environ, "RAY_ADDRESS": cluster, "OMP_NUM_THREADS": "1"}
@@ -134,7 +134,7 @@ def deployment(cluster, tmp_path_factory):
         for name, folder in adapter_dirs.items():
             argv = substitute(put, {"/shared/adapters": str(store_root), "out/reverse": str(folder), "reverse": name})
             assert main(argv[1:]) == 0
-        line = _line_starting(process, "adapterkit serve:", timeout_s=150)
+        line = _line_starting(process, "adapterkit serve:", timeout_s=300)
         assert f"127.0.0.1:{port}" in line and f"2 replicas on Ray Serve (the Ray cluster at {cluster})" in line, line
         print(f"adapterkit serve --replicas 2: serving {time.monotonic() - started:.1f} s after the command")
         deployed = Deployment(f"http://127.0.0.1:{port}", store_root, adapter_dirs, base_dir, cluster)
@@ -206,9 +206,10 @@ def test_after_warm_up_requests_land_where_their_adapter_is(deployment):
     from adapterkit.integrations.ray import replica_counters
 
     client = deployment.client()
-    # Warm-up: rounds of one request per adapter, until a round loads nothing (at most 20 s). Requests go
-    # one at a time, a moment apart: a replica pushes the ids it holds to the routers every 0.1 s.
-    deadline = time.monotonic() + 20
+    # Warm-up: rounds of one request per adapter, until a round loads nothing (at most 60 s: a loaded
+    # machine needs more rounds). Requests go one at a time, a moment apart: a replica pushes the ids it
+    # holds to the routers every 0.1 s.
+    deadline = time.monotonic() + 60
     while True:
         loads = _totals(replica_counters("adapterkit"))["loads"]
         for name in WARM:
@@ -268,7 +269,7 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
     with _gated(deployment.store_root, f"{GATED}@prod") as blob:
         requester = threading.Thread(target=gated_request)
         requester.start()
-        writer = _open_when_read(blob, timeout_s=30)  # a replica is now inside the load, blocked on the read
+        writer = _open_when_read(blob, timeout_s=120)  # a replica is now inside the load, blocked on the read
         try:
             (loading,) = [c for c in replica_counters("adapterkit") if f"{GATED}@prod" in c["loading"]]
             survivor = next(c for c in replica_counters("adapterkit") if c["replica"] != loading["replica"])
@@ -289,7 +290,7 @@ def test_a_replica_killed_while_loading_fails_only_its_requests_and_is_replaced(
         replicas = replica_counters("adapterkit")
         return len(replicas) == 2 and loading["replica"] not in {c["replica"] for c in replicas}
 
-    _wait_until(replaced, 60)
+    _wait_until(replaced, 120)
     print(f"replica replaced and serving: {time.monotonic() - killed_at:.1f} s after the kill")
     single = OpenAI(base_url=single_server + "/v1", api_key="unused", timeout=60, max_retries=0)
     for model in (f"{GATED}@prod", f"{ADAPTERS[5]}@prod", "smollm2"):
@@ -303,7 +304,7 @@ def test_readme_serve_run_line_deploys_the_same_application(deployment):
     application beside the first, with the same answers; there a replica that stays silent past
     request_timeout_s (blocked loading an adapter) gives a 504, and goes on serving."""
     try:
-        status = deployment.serve_run.wait(120)
+        status = deployment.serve_run.wait(300)
     finally:
         if deployment.serve_run.poll() is None:
             deployment.serve_run.kill()
@@ -322,7 +323,7 @@ def test_readme_serve_run_line_deploys_the_same_application(deployment):
         with pytest.raises(APIStatusError) as late:
             client.completions.create(model=f"{SLOW}@prod", prompt="w1", max_tokens=2)
         waited = time.monotonic() - started
-        os.close(_open_when_read(blob, timeout_s=10))  # EOF: that load fails (a corrupt file) and the replica goes on
+        os.close(_open_when_read(blob, timeout_s=60))  # EOF: that load fails (a corrupt file) and the replica goes on
     assert late.value.status_code == 504, late.value
     assert json.loads(late.value.response.text)["error"]["code"] == "replica_timeout"
     assert SECOND_TIMEOUT_S <= waited < SECOND_TIMEOUT_S + 20, waited
@@ -430,10 +431,3 @@ def _processes_under(folder: str) -> list[int]:
                 found.append(process.info["pid"])
     return found
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

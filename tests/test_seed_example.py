@@ -29,7 +29,7 @@ runpy.run_path(os.path.join({root!r}, "examples", "seed.py"), run_name="__main__
 def test_seed_example_prints_peft_numbers_and_files():
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run([sys.executable, "-c", RUNNER.format(root=str(ROOT))], capture_output=True,
-                            text=True, cwd=ROOT, env=env, timeout=120)
+                            text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364" in out

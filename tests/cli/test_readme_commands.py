@@ -81,5 +81,5 @@ def test_every_make_target_in_the_readme_exists():
 
 def test_the_thread_benchmark_the_readme_names_starts():
     done = subprocess.run([sys.executable, "-m", "bench.train_threads", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=180)
     assert done.returncode == 0 and "--compare-rev" in done.stdout, done.stderr

@@ -114,5 +114,5 @@ def test_the_benchmark_the_readme_names_starts():
 
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "bench.ray_serve", "--help"], cwd=root, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=180)
     assert done.returncode == 0 and "--per-replica" in done.stdout, done.stderr

@@ -375,9 +375,13 @@ def _screenshot(page) -> None:
 
 
 class _CutStreams:
-    """ASGI wrapper: slows streamed replies (100 ms a chunk) and, once `cut` is set, breaks every
+    """ASGI wrapper: lets the first chunks of each streamed reply through (100 ms apart), then holds
+    the rest until `cut` is set, so a stream is still in progress when the test clicks Stop or cuts,
+    however slow the machine (a paced stream could end first). Once `cut` is set it breaks every
     stream in progress without its `data: [DONE]`, the two ways a dying server can: every other
     stream loses its connection mid-body, the others end their body early but cleanly."""
+
+    CHUNKS_BEFORE_HOLD = 3  # the role chunk and the first tokens: text in the column
 
     def __init__(self, app, cut: threading.Event) -> None:
         self.app, self.cut = app, cut
@@ -389,6 +393,7 @@ class _CutStreams:
             return await self.app(scope, receive, send)
         abort = next(self.streams) % 2 == 0
         ended = False
+        chunks = itertools.count(1)
 
         async def cutting_send(message):
             nonlocal ended
@@ -396,6 +401,12 @@ class _CutStreams:
                 return  # the client has its truncated body; the rest goes nowhere
             if message["type"] == "http.response.body" and message.get("more_body"):
                 await asyncio.sleep(0.1)
+                if next(chunks) > self.CHUNKS_BEFORE_HOLD:
+                    # Held until the cut (a Stop in the page disconnects, which cancels this task);
+                    # bounded so a failed test still ends.
+                    deadline = time.monotonic() + 120
+                    while not self.cut.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.02)
                 if self.cut.is_set():
                     if abort:
                         raise ConnectionAbortedError("the test cut this stream")

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -49,6 +50,8 @@ def test_every_readme_serving_command_runs_then_sigterm_drains(base_dir, adapter
     server = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,
                               text=True, env=env)
     try:
+        # Bounded: a server that never comes up fails the test instead of hanging the run.
+        assert select.select([server.stdout], [], [], 180)[0], "adapterkit serve printed nothing in 180 s"
         line = server.stdout.readline()
         assert f"127.0.0.1:{port}" in line and "reverse, shout" in line, line
         outputs = {}
@@ -91,9 +94,9 @@ def assert_sigterm_drains(server: subprocess.Popen, url: str) -> None:
 
     client = threading.Thread(target=long_stream)
     client.start()
-    assert began.wait(30)
+    assert began.wait(60)
     server.send_signal(signal.SIGTERM)
-    client.join(60)
+    client.join(120)
     # uvicorn re-raises the signal once it has drained, so the exit status still says SIGTERM.
     assert server.wait(60) in (0, -signal.SIGTERM)
     assert chunks[-1] == "data: [DONE]"  # the stream in flight finished despite the signal

@@ -69,3 +69,32 @@ def test_an_adapter_with_a_buffer_bias_reloads_from_its_own_save(case, persisten
     assert sorted(load_file(tmp_path / "peft" / "adapter_model.safetensors")) == sorted(saved)
     theirs = PeftPeftModel.from_pretrained(buffer_bias_llama(persistent), tmp_path / "ours")
     assert max_diff(logits(theirs), logits(reloaded)) <= 1e-5
+
+
+def test_a_bias_all_adapter_saved_beside_other_adapters_reloads_onto_a_fresh_base(tmp_path):
+    """Another adapter wraps `value` (LoRA) and `classifier` (modules_to_save): the bias="all" adapter's
+    tensors are still named from the base's own paths, so its folder fits a fresh base. PEFT's
+    spelling from such a model, `value.base_layer.bias`, is read as `value.bias`."""
+    from safetensors.torch import save_file
+
+    from helpers import tiny_bert
+
+    model = get_peft_model(tiny_bert(), LoraConfig(r=2, target_modules=["value"], modules_to_save=["classifier"]),
+                           adapter_name="other")
+    model.add_adapter("default", LoraConfig(r=2, lora_alpha=4, target_modules=["query"], bias="all",
+                                            init_lora_weights=False))
+    model.set_adapter("default")
+    randomize_adapter(model, seed=4)  # the active adapter's factors, and every bias it trains
+    expected = logits(model)
+    model.save_pretrained(tmp_path / "saved", selected_adapters=["default"])
+    weights = tmp_path / "saved" / "adapter_model.safetensors"
+    saved = load_file(weights)
+    value_bias = "base_model.model.bert.encoder.layer.0.attention.self.value.bias"
+    assert value_bias in saved and "base_model.model.classifier.bias" in saved
+    fresh = AdapterModel.from_pretrained(tiny_bert(), tmp_path / "saved")
+    assert max_diff(logits(fresh), expected) <= 1e-6
+    assert max_diff(logits(PeftPeftModel.from_pretrained(tiny_bert(), tmp_path / "saved")), expected) <= 1e-5
+
+    saved[value_bias.replace(".bias", ".base_layer.bias")] = saved.pop(value_bias)
+    save_file(saved, weights, metadata={"format": "pt"})
+    assert max_diff(logits(AdapterModel.from_pretrained(tiny_bert(), tmp_path / "saved")), expected) <= 1e-6

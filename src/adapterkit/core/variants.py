@@ -145,8 +145,9 @@ VARIANTS: tuple[LoraVariant, ...] = (DORA,)
 
 
 def variant_of(config: Any) -> LoraVariant:
-    """The variant a LoraConfig selects (plain LoRA when no variant flag is set). Configs are
-    validated to set at most one (LoraConfig.check_supported)."""
+    """The variant a LoraConfig selects by its flag (plain LoRA when none is set). With DoRA the
+    only variant, a config cannot name two; a second variant must also refuse combinations it
+    does not define, in LoraConfig.check_supported."""
     chosen = [variant for variant in VARIANTS if variant.flag and getattr(config, variant.flag, False)]
     return chosen[0] if chosen else PLAIN_LORA
 

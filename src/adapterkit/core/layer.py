@@ -102,6 +102,9 @@ class LoraAdapters(nn.Module):
             self.add_module(tensor.attr, AdapterParameters())
         # Merged adapter -> what its variant's unmerge needs back (DoRA: the norm of the merge).
         self._merge_state: dict[str, object] = {}
+        # Adapters whose variant corrects the LoRA output, kept so a mixed batch of plain adapters
+        # checks one empty set, not every adapter here.
+        self._correcting: set[str] = set()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
         self.in_features, self.out_features = kind.features(base)
@@ -152,6 +155,8 @@ class LoraAdapters(nn.Module):
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
         self.info[name] = _AdapterInfo(rank, scale, dropout, variant)
+        if variant.corrects_output:
+            self._correcting.add(name)
         assert variant.supports(self.kind), "callers refuse a variant on kinds it does not support"
         shapes = variant.tensor_shapes(self.in_features, self.out_features, rank)
         for tensor in variant.tensors:
@@ -166,6 +171,7 @@ class LoraAdapters(nn.Module):
         if name in self.merged:
             self.unmerge([name])
         info = self.info.pop(name)
+        self._correcting.discard(name)
         pack = self.packs[info.rank]
         pack.remove(name)
         # The name's row id may be handed to another adapter once every module has dropped it
@@ -298,8 +304,7 @@ class LoraAdapters(nn.Module):
         """Add their variant's correction to the rows of adapters that have one (their plain LoRA
         part already came through the gathered path). Reads which rows use them: only when one is here."""
         assert route.row_ids is not None
-        rows_of = {self.routing.ids[n]: n for n, info in self.info.items()
-                   if info.variant.corrects_output and n not in self.merged}
+        rows_of = {self.routing.ids[n]: n for n in self._correcting if n not in self.merged}
         for row_id in route.row_ids.unique().tolist():
             name = rows_of.get(row_id)
             if name is None:
@@ -314,7 +319,7 @@ class LoraAdapters(nn.Module):
 
     def _corrected(self) -> bool:
         """Does an unmerged adapter here correct its LoRA output (a variant such as DoRA)?"""
-        return any(info.variant.corrects_output and n not in self.merged for n, info in self.info.items())
+        return any(n not in self.merged for n in self._correcting)
 
     def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.

@@ -150,6 +150,8 @@ def adapter_tensors(model: nn.Module, config: LoraConfig, adapter: str, modules=
 
 def trained_biases(model: nn.Module, config: LoraConfig, adapter: str, modules=None) -> list[nn.Parameter]:
     """The bias parameters a loaded adapter trains (its biases that are not buffers)."""
+    if config.bias == "none":  # no walk: every add_adapter asks
+        return []
     modules = list(walk(model, modules))
     targets, saved = loaded_targets(model, adapter, modules)
     owners = _bias_owners(config, targets, saved, modules)

@@ -400,12 +400,17 @@ class LoraAdapters(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self, weight: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in order
-        (each by its variant: plain LoRA adds s·B·A, DoRA rescales)."""
+        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in merge
+        order (each by its variant: plain LoRA adds s·B·A, DoRA rescales)."""
         merged = weight.clone()
-        for name in names:
+        for name in self._merge_order(names):
             self._merge_one(merged, name)
         return merged
+
+    def _merge_order(self, names: list[str]) -> list[str]:
+        """Non-additive merges (DoRA) first, on the base weight alone, as their forward sees it
+        (W x is the base output); additive ones after, in any order. Otherwise as given."""
+        return sorted(names, key=lambda n: self.info[n].variant.additive_merge)
 
     def _merge_one(self, weight: torch.Tensor, name: str) -> object:
         """Merge `name` into `weight` (laid out like the base weight) in place; return what
@@ -429,8 +434,14 @@ class LoraAdapters(nn.Module):
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
+        batch = todo
+        if self.merged and not all(self.info[n].variant.additive_merge for n in todo):
+            # A non-additive merge must meet the base weight alone: take the merged ones out
+            # (exactly: unmerge is the inverse), then merge everything back in merge order.
+            batch = list(self.merged) + todo
+            self.unmerge()
         weight = self.base_weight
-        for name in todo:
+        for name in self._merge_order(batch):
             self._merge_state[name] = self._merge_one(weight, name)
             self.merged.append(name)
         return todo

@@ -15,12 +15,11 @@ from adapterkit import AdapterModel, LoraConfig, get_peft_model
 from adapterkit.cli.main import main
 from adapterkit.ops.inspect import inspect_adapter
 
-# case -> (architecture, targets): Linear, Conv1D, and each with its token embedding too.
+# case -> (architecture, targets): Linear and Conv1D, each with its token embedding.
 CASES = {
-    "llama": ("llama", ["q_proj", "v_proj", "down_proj"]),
-    "gpt2": ("gpt2", ["c_attn", "c_proj"]),
-    "llama-embedding": ("llama", ["embed_tokens", "q_proj"]),
-    "gpt2-embedding": ("gpt2", ["wte", "c_attn"]),  # wte is tied to lm_head: DoRA on the lookup only
+    "llama": ("llama", ["q_proj", "v_proj", "down_proj", "embed_tokens"]),
+    "gpt2": ("gpt2", ["c_attn", "c_proj", "wte"]),  # wte is tied to lm_head: DoRA on the lookup only
+    "gpt2-conv1d": ("gpt2", ["c_attn", "c_proj"]),  # merging into the tied wte needs untie_weights
 }
 BASE_OF = {case: FACTORIES[arch] for case, (arch, _) in CASES.items()}
 
@@ -40,7 +39,7 @@ def perturb(model, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
 
 
-@pytest.mark.parametrize("arch", CASES)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_ours_to_peft_and_back(arch, tmp_path):
     ours = get_peft_model(BASE_OF[arch](), LoraConfig(**dora_kwargs(arch)))
     assert max_diff(logits(ours), logits(BASE_OF[arch]())) == 0  # a fresh DoRA adapter is a no-op
@@ -62,7 +61,7 @@ def test_ours_to_peft_and_back(arch, tmp_path):
     assert max_diff(logits(loaded), logits(peft)) <= 1e-5
 
 
-@pytest.mark.parametrize("arch", CASES)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_gradients_match_peft(arch, tmp_path):
     ours = get_peft_model(BASE_OF[arch](), LoraConfig(**dora_kwargs(arch)))
     perturb(ours, seed=3)
@@ -85,7 +84,7 @@ def test_gradients_match_peft(arch, tmp_path):
         assert grad is not None and max_diff(grad, theirs_g[key]) <= 1e-5, key
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-embedding"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2-conv1d"])
 def test_merge_matches_peft_and_unmerge_restores_the_base(arch, tmp_path):
     ours = get_peft_model(BASE_OF[arch](), LoraConfig(**dora_kwargs(arch)))
     perturb(ours, seed=4)
@@ -145,7 +144,7 @@ def test_merge_and_unload_and_export_give_the_adapter_outputs(tmp_path):
 def test_mixed_batch_holds_dora_and_plain_rows():
     model = get_peft_model(FACTORIES["llama"](), LoraConfig(**dora_kwargs("llama")))
     model.add_adapter("plain", LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    model.add_adapter("dora2", LoraConfig(**dora_kwargs("llama-embedding")))  # DoRA rows at the embedding too
+    model.add_adapter("dora2", LoraConfig(**dora_kwargs("llama")))
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -170,7 +169,7 @@ def test_mixed_batch_holds_dora_and_plain_rows():
 
 
 def test_inspect_shows_the_variant(tmp_path, capsys):
-    for case, config in (("dora", LoraConfig(**dora_kwargs("llama-embedding"))),
+    for case, config in (("dora", LoraConfig(**dora_kwargs("llama"))),
                          ("lora", LoraConfig(r=2, target_modules=["q_proj"]))):
         get_peft_model(BASE_OF["llama"](), config).save_pretrained(tmp_path / case)
         assert main(["inspect", str(tmp_path / case)]) == 0

@@ -29,6 +29,7 @@ from adapterkit.core.layer import lora_scale
 from adapterkit.errors import HotswapError
 from adapterkit.io.folder import read_adapter_folder
 from adapterkit.model.loading import check_load
+from adapterkit.model.state import base_module_at
 
 
 @dataclass
@@ -234,7 +235,7 @@ def _apply(model, adapter_name: str, plan: HotswapPlan) -> None:
     for path, params in plan.saved.items():
         model.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
     for path, bias in plan.biases.items():
-        model.model.get_submodule(path).bias.copy_(bias)
+        base_module_at(model.model, path).bias.copy_(bias)  # a modules_to_save wrapper holds the base's module
     assert plan.config is not None
     model.peft_config[adapter_name] = plan.config
 

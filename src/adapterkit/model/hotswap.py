@@ -21,6 +21,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -235,7 +236,8 @@ def _apply(model, adapter_name: str, plan: HotswapPlan) -> None:
     for path, params in plan.saved.items():
         model.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
     for path, bias in plan.biases.items():
-        base_module_at(model.model, path).bias.copy_(bias)  # a modules_to_save wrapper holds the base's module
+        module: Any = base_module_at(model.model, path)  # a modules_to_save wrapper holds the base's module
+        module.bias.copy_(bias)
     assert plan.config is not None
     model.peft_config[adapter_name] = plan.config
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +32,7 @@ from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import AdapterFiles
 from adapterkit.model.base_init import check_base_init
-from adapterkit.model.state import Layout, adapter_layout, base_module_at, bias_aliases
+from adapterkit.model.state import Layout, accepted_extras, adapter_layout, base_module_at, bias_aliases
 from adapterkit.model.values import ValueCheck, check_values
 
 
@@ -94,24 +93,7 @@ def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch
         if alias in tensors and key not in tensors:
             tensors[key] = tensors.pop(alias)
 
-    # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
-    optional = {}
-    for target in targets:
-        key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
-        if key in tensors:
-            shape = tuple(cast(torch.Tensor, target.module.weight).shape)
-            optional[key] = (keys.TensorDestination("base_weight", target.name), shape)
-    # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
-    # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
-    # (the head the adapter replaces): accepted, and not used.
-    if config.bias == "all":
-        for path in saved_modules:
-            for param, tensor in base_module_at(model, path).state_dict().items():
-                for inner in ("modules_to_save", "original_module"):
-                    key = f"{keys.PREFIX}{path}.{inner}.{param}"
-                    if param.endswith("bias") and key in tensors:
-                        optional[key] = (keys.TensorDestination("ignored", path, param), tuple(tensor.shape))
-    expected.update(optional)
+    expected.update(accepted_extras(model, config, targets, saved_modules, tensors.keys()))
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     mismatched = [(key, dest, shape) for key, (dest, shape) in expected.items()

@@ -111,6 +111,31 @@ def adapter_layout(model: nn.Module, config: LoraConfig, targets: list[TargetedM
     return layout
 
 
+def accepted_extras(model: nn.Module, config: LoraConfig, targets: list[TargetedModule], saved_modules: list[str],
+                    present) -> Layout:
+    """Tensors PEFT writes beside an adapter's own, which a load accepts (when `present`: the
+    file's keys) but never requires, and a save never writes:
+      - the full base weight of a LoRA'd module (save_embedding_layers, for resized vocabularies):
+        it replaces the base's ("base_weight");
+      - with bias="all", the biases inside a modules_to_save wrapper, "<m>.modules_to_save.bias" (a
+        copy of "<m>.bias") and "<m>.original_module.bias" (the head replaced): unused ("ignored")."""
+    present = set(present)
+    extras: Layout = {}
+    for target in targets:
+        key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
+        if key in present:
+            shape = tuple(cast(torch.Tensor, target.module.weight).shape)
+            extras[key] = (keys.TensorDestination("base_weight", target.name), shape)
+    if config.bias == "all":
+        for path in saved_modules:
+            for param, tensor in base_module_at(model, path).state_dict().items():
+                for inner in ("modules_to_save", _ORIGINAL):
+                    key = f"{keys.PREFIX}{path}.{inner}.{param}"
+                    if param.endswith("bias") and key in present:
+                        extras[key] = (keys.TensorDestination("ignored", path, param), tuple(tensor.shape))
+    return extras
+
+
 def bias_aliases(layout: Layout) -> dict[str, str]:
     """PEFT spelling -> layout key, for biases of modules the adapter does not adapt: PEFT writes
     `<path>.base_layer.bias` when another adapter of the saving model had wrapped that module."""

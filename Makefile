@@ -6,7 +6,8 @@ PIP := $(VENV)/bin/pip
 # Ranges live in pyproject.toml, exact versions in constraints.txt; a change to either reinstalls.
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
-PYTEST := OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider
+# OpenMP threads sleep when idle: spinning ones steal the cores from the servers and subprocesses tests start.
+PYTEST := OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider
 
 .PHONY: setup system-packages test test-fast lint demo bench constraints clean
 
@@ -39,7 +40,7 @@ system-packages:
 test: $(STAMP) system-packages
 	$(PYTEST) tests
 
-# Everything but the end-to-end runs on the embedded SmolLM2 (marked slow).
+# Everything but the end-to-end runs in real processes (marked slow: SmolLM2, CLI subprocesses, torchrun, browsers).
 test-fast: $(STAMP) system-packages
 	$(PYTEST) -m "not slow" tests
 

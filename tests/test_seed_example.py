@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the example unchanged, recording what save_pretrained wrote before the
@@ -23,6 +25,7 @@ runpy.run_path(os.path.join({root!r}, "examples", "seed.py"), run_name="__main__
 """
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_seed_example_prints_peft_numbers_and_files():
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     result = subprocess.run([sys.executable, "-c", RUNNER.format(root=str(ROOT))], capture_output=True,

@@ -127,3 +127,10 @@ class AdapterCapacityError(AdapterError, ValueError):
 # --- variants2: quantized bases, module kinds ----------------------------------
 class QuantizedMergeError(AdapterStateError):
     """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""
+
+
+# --- offload: bases placed by device_map / offloaded by accelerate ---------------
+class OffloadedWeightError(AdapterError, ValueError):
+    """A base weight sits on the meta device and nothing says where its values are (no accelerate
+    hook with a weights map on its module), or an operation needs a base tensor adapterkit cannot
+    write through accelerate's offload (a trained bias, a modules_to_save copy): nothing was changed."""

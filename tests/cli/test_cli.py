@@ -63,6 +63,7 @@ def test_inspect_reports_rank_targets_bytes_base_and_subadapters(trained_adapter
     assert [s["rank"] for s in report["sub_adapters"]] == [2]
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_verify_accepts_its_base_and_lists_every_mismatch_on_another(trained_adapter, base_dir, tmp_path):
     folder, _ = trained_adapter
     ok = run_cli("verify", str(folder), "--base", str(base_dir))
@@ -81,6 +82,7 @@ def test_verify_accepts_its_base_and_lists_every_mismatch_on_another(trained_ada
     assert bad.stderr.count("\n") == 1 and "9 problem(s)" in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_merge_writes_a_model_transformers_loads_alone(trained_adapter, base_dir, tmp_path):
     folder, model = trained_adapter
     model.set_adapter("default")
@@ -104,6 +106,7 @@ def test_convert_turns_legacy_bin_into_safetensors_with_same_tensors(tmp_path):
     assert max_diff(logits(reloaded), logits(model)) == 0.0
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_train_then_load_the_output(base_dir, train_jsonl, tmp_path):
     out = tmp_path / "trained"
     done = run_cli("train", "--base", str(base_dir), "--data", str(train_jsonl), "--targets", "q_proj,v_proj",
@@ -115,6 +118,7 @@ def test_train_then_load_the_output(base_dir, train_jsonl, tmp_path):
     assert max_diff(logits(model), logits(base)) > 0  # three AdamW steps moved B off zero
 
 
+@pytest.mark.slow  # end to end in real processes
 @pytest.mark.parametrize("argv, fragment", [
     (["inspect", "/no/such/adapter"], "does not exist"),
     (["convert", "/no/such/adapter"], "does not exist"),

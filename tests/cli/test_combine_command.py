@@ -31,6 +31,7 @@ def two_adapters(tmp_path, base_dir):
     return folders
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_combine_writes_the_same_adapter_as_the_api(tmp_path, base_dir, two_adapters):
     out = tmp_path / "combined"
     done = run_cli("--base", str(base_dir), "--adapter", f"math={two_adapters['math']}",

@@ -63,12 +63,14 @@ def reference_reply(base_dir, adapter, prompt: str, max_new_tokens: int, history
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_version_is_the_installed_distributions():
     done = run_cli("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"adapterkit {version('adapterkit')}"
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_generate_equals_transformers_generate_with_the_same_adapter(base_dir, adapters, capsys, torch_threads):
     left, right = adapters
     prompt = "w3 w4 w5"
@@ -98,6 +100,7 @@ def test_generate_resolves_a_store_ref(base_dir, adapters, tmp_path, capsys, mon
     assert capsys.readouterr().out == reference_reply(base_dir, right, "w3 w4 w5", 8) + "\n"
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_sampling_with_a_seed_repeats(base_dir, adapters):
     left, _ = adapters
     model, tokenizer, _ = open_model(str(base_dir), [str(left)])
@@ -113,6 +116,7 @@ def test_sampling_with_a_seed_repeats(base_dir, adapters):
         reference_reply(base_dir, left, "w3 w4 w5", 8)
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_chat_switches_adapters_mid_session(base_dir, adapters):
     left, right = adapters
     lines = ["w3 w4 w5", "w6 w7", f"/adapter {right}", "w3 w4 w5", "/base", "w3 w4 w5", "/adapter left", "w9", "/quit",
@@ -161,6 +165,7 @@ def held_out(tmp_path, base_dir, adapter, count: int = 12):
     return path, rows
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_eval_score_equals_the_trainers_exact_match(base_dir, adapters, tmp_path):
     left, _ = adapters
     path, rows = held_out(tmp_path, base_dir, left)

@@ -23,6 +23,7 @@ def test_one_thread_per_allowed_cpu_unless_the_user_chose(monkeypatch):
         assert default_thread_count() == len(allowed_cpus())
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_the_affinity_mask_bounds_the_default():
     """Under taskset (or a container's cpuset) the default follows the mask, not the machine's core count."""
     code = "from adapterkit.threads import default_thread_count; print(default_thread_count())"

@@ -111,6 +111,7 @@ def test_entry_point_registers_with_vllms_plugin_loader(store, tmp_path, monkeyp
     assert Path(resolve(resolver, "reverse@prod").lora_path).parent == tmp_path / "served"
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_adapterkit_never_needs_vllm(tmp_path):
     """Everything but the resolver module imports with vLLM hidden."""
     import subprocess

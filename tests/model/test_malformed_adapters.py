@@ -34,6 +34,7 @@ def test_every_malformed_folder_is_refused_typed_and_atomically_or_loaded_correc
     assert figures.variants == len(variants)
 
 
+@pytest.mark.slow  # end to end in real processes
 @pytest.mark.parametrize("family, label", [
     ("config-type", "rank_pattern = [1, 2]"),
     ("dtype", "as torch.int8"),

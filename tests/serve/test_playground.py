@@ -52,6 +52,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 PROMPT = "w3 w4 w5 w6"
 WAIT_MS = 20_000
+pytestmark = pytest.mark.slow  # a real browser driving a real server: end to end
 
 
 # --- fixtures ------------------------------------------------------------------------------------

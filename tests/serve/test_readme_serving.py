@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from serve_helpers import free_port
 
 README = Path(__file__).parents[2] / "README.md"
@@ -26,11 +27,13 @@ def serving_section() -> tuple[list[str], str]:
     text = README.read_text()
     section = text[text.index("## Serving"):]
     section = section[: section.index("\n## ", 1)]
+    section = section.split("\n### ")[0]  # subsections are run by the tests they name
     bash = [line for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines() if line]
     (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
     return bash, python
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_every_readme_serving_command_runs_then_sigterm_drains(base_dir, adapter_dirs, tmp_path):
     bash, python = serving_section()
     serve_line, curls = bash[0], bash[1:]

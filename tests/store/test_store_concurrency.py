@@ -52,6 +52,7 @@ def _worker(open_store, root: str, sources: list[str], worker: int, results) -> 
         results.put((worker, mine, repr(exc)))
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_concurrent_put_get_rm_gc_never_corrupt_or_lose_a_version(tmp_path, open_store):
     sources = [str(write_peft_folder(tmp_path / f"src{i}", i % 3, r=2 + i % 2)) for i in range(6)]
     root = tmp_path / "store"
@@ -100,6 +101,7 @@ def _assert_index_intact(open_store, root: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_a_put_killed_before_its_commit_leaves_no_version_and_a_consistent_store(tmp_path, open_store):
     root = tmp_path / "store"
     store = open_store(root)
@@ -137,6 +139,7 @@ def test_a_put_killed_before_its_commit_leaves_no_version_and_a_consistent_store
     _assert_index_intact(open_store, root)
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_gc_in_another_process_spares_the_blobs_of_a_put_in_progress(tmp_path, open_store):
     root = tmp_path / "store"
     store = open_store(root)

@@ -122,6 +122,7 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_two_processes_equal_one(runs):
     root, ddp = runs
     single, two = adapter(root / "single"), adapter(root / "ddp")
@@ -134,6 +135,7 @@ def test_two_processes_equal_one(runs):
     assert "trained 6 steps" in ddp.stdout and ddp.stdout.count("trainable params") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_fsdp2_sharded_base_saves_whole_adapters(runs):
     root, _ = runs
     single = adapter(root / "single")
@@ -145,6 +147,7 @@ def test_fsdp2_sharded_base_saves_whole_adapters(runs):
     assert relative_difference(adapter(root / "fsdp12"), single) <= PARITY_RTOL
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_resume_with_another_number_of_processes(runs):
     root, _ = runs
     uninterrupted = adapter(root / "single")
@@ -181,6 +184,7 @@ def test_cli_refuses_bad_process_counts_before_launching(tmp_path, capsys):
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_a_failing_worker_fails_the_command_without_hanging(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n' * 4)
@@ -193,6 +197,7 @@ def test_a_failing_worker_fails_the_command_without_hanging(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # end to end in real processes
 def test_group_collectives_in_real_processes(tmp_path):
     import torch.multiprocessing as mp
 

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapterkit.core import placement
+
 __all__ = ["CONV1D", "EMBEDDING", "LINEAR", "QUANTIZED_LINEAR", "KINDS", "ModuleKind", "dequantized_linear",
            "kind_of", "quantization_of"]
 
@@ -61,8 +63,8 @@ class ModuleKind:
         """The module's weight as the (out, in) matrix it computes with (dequantized if packed)."""
         if self.quantized:
             return dequantized_weight(module)
-        weight: Any = module.weight
-        return self.to_weight_layout(weight)
+        # Offloaded by accelerate, the weight is on meta between forwards: read it through the hook.
+        return self.to_weight_layout(placement.tensor_values(module, "weight", placement.execution_device(module)))
 
 
 LINEAR = ModuleKind("linear", weight_is_out_in=True)

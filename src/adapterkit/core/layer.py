@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterkit.core import placement
 from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
@@ -145,10 +146,10 @@ class LoraAdapters(nn.Module):
         """Add adapter `name`. `init=None` leaves its tensors (factors and the variant's) unwritten,
         for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
-        weight = self.base_weight
+        device = placement.execution_device(self.base)  # offloaded: the hook's device, never meta
         pack = self.packs.get(rank)
         if pack is None:
-            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, weight.device,
+            pack = self.packs[rank] = RankPack(rank, self.in_features, self.out_features, device,
                                                self.kind.factor_dtype(self.base), self.routing.reserved_slots + 1)
         scale = lora_scale(alpha, rank, use_rslora)
         slot = pack.add(name, scale, self._params(), zero=init is not None)
@@ -161,7 +162,7 @@ class LoraAdapters(nn.Module):
         shapes = variant.tensor_shapes(self.in_features, self.out_features, rank)
         for tensor in variant.tensors:
             self.extra(tensor.attr)[name] = nn.Parameter(
-                torch.zeros(shapes[tensor.role], device=weight.device, dtype=self.kind.factor_dtype(self.base)),
+                torch.zeros(shapes[tensor.role], device=device, dtype=self.kind.factor_dtype(self.base)),
                 requires_grad=trainable)
         self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
@@ -259,6 +260,9 @@ class LoraAdapters(nn.Module):
         route = self.routing.current()  # this call's own routing, or the model-wide one
         if route.disabled or not self.info:
             return result
+        # The hook sees the module's inputs as passed: accelerate moves them to the execution
+        # device (where result and the factors are) only inside the module's own forward.
+        x = x.to(result.device)
         if route.row_ids is not None:
             return self._mixed_delta(x, route, result)
         base_out = result
@@ -268,8 +272,9 @@ class LoraAdapters(nn.Module):
         return result
 
     def _base_without_bias(self, base_out: torch.Tensor) -> torch.Tensor:
-        bias = getattr(self.base, "bias", None)
-        return base_out if bias is None else base_out - bias
+        if getattr(self.base, "bias", None) is None:
+            return base_out
+        return base_out - placement.tensor_values(self.base, "bias", base_out.device)
 
     def _lora_out(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(s·B·A·x (..., out), the x it was computed from: after dropout, on the factors' device)."""
@@ -304,12 +309,13 @@ class LoraAdapters(nn.Module):
         """Add their variant's correction to the rows of adapters that have one (their plain LoRA
         part already came through the gathered path). Reads which rows use them: only when one is here."""
         assert route.row_ids is not None
+        row_ids = route.row_ids.to(x.device)  # made on the model's first device (model/mixed.py)
         rows_of = {self.routing.ids[n]: n for n in self._correcting if n not in self.merged}
-        for row_id in route.row_ids.unique().tolist():
+        for row_id in row_ids.unique().tolist():
             name = rows_of.get(row_id)
             if name is None:
                 continue
-            rows = (route.row_ids == row_id).nonzero().squeeze(1)
+            rows = (row_ids == row_id).nonzero().squeeze(1)
             lora_out, xr = self._lora_out(name, x.index_select(0, rows))  # (k, ..., out); eval: no dropout
             base_rows = self._base_without_bias(base_out.index_select(0, rows)).reshape(lora_out.shape)
             fix = self.info[name].variant.correction(self, name, xr, lora_out, base_rows)
@@ -337,6 +343,7 @@ class LoraAdapters(nn.Module):
         rows = x.shape[0]
         row_ids, in_use = route.row_ids, route.row_names
         assert row_ids is not None  # forward sends only mixed routes here
+        row_ids = row_ids.to(result.device)  # a no-op unless device_map spread the model over devices
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
         # Variant rows (DoRA) reuse the base output as W x (as PEFT does); it is about to be added to in place.
         corrected = self._corrected()
@@ -427,20 +434,24 @@ class LoraAdapters(nn.Module):
         todo = self._pending(names)
         if not todo:
             return True
-        return bool(torch.isfinite(self.merged_weight(self.base_weight, todo)).all())
+        return bool(torch.isfinite(self.merged_weight(placement.tensor_values(self.base), todo)).all())
 
     @torch.no_grad()
     def merge(self, names: list[str]) -> list[str]:
         """Fold adapters into the base weight. Returns the names merged now."""
         todo = self._pending(names)
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
+        if not todo:
+            return todo  # nothing to write: an offloaded weight keeps its hook's own map
         batch = todo
         if self.merged and not all(self.info[n].variant.additive_merge for n in todo):
             # A non-additive merge must meet the base weight alone: take the merged ones out
             # (exactly: unmerge is the inverse), then merge everything back in merge order.
             batch = list(self.merged) + todo
             self.unmerge()
-        weight = self.base_weight
+        if not self.merged:
+            placement.begin_merge(self.base)  # offloaded: keep W to put back exactly at the last unmerge
+        weight = placement.writable_weight(self.base)
         for name in self._merge_order(batch):
             self._merge_state[name] = self._merge_one(weight, name)
             self.merged.append(name)
@@ -453,18 +464,20 @@ class LoraAdapters(nn.Module):
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
         if not names:
             return
+        weight = placement.writable_weight(self.base)
         first = min(self.merged.index(n) for n in names)
         later = self.merged[first:]
         # Additive merges commute: take out just these. Otherwise unwind back to the first of them.
         undo = names if all(self.info[n].variant.additive_merge for n in later) else later
         remerge = [n for n in later if n not in names and n in undo]
-        weight = self.base_weight
         layout = self.kind.to_weight_layout
         for name in reversed(undo):
             delta = layout(self.delta_weight(name)).to(weight.device)  # (out, in)
             restored = self.info[name].variant.unmerge(self, name, layout(weight), delta, self._merge_state.pop(name))
             weight.copy_(layout(restored))
             self.merged.remove(name)
+        if not self.merged:
+            placement.end_merge(self.base)
         self.merge(remerge)
 
     def extra_repr(self) -> str:

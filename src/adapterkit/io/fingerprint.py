@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapterkit.core import placement
 from adapterkit.core.kinds import CONV1D, LINEAR, QUANTIZED_LINEAR, kind_of, quantization_of
 
 # Scalars sampled per parameter, and parameters sampled in all.
@@ -139,6 +140,31 @@ def _sample(tensor: torch.Tensor) -> tuple[bytes, bytes]:
     return signs, legacy
 
 
+def _readable(owners: dict[str, nn.Module], name: str, param: torch.Tensor) -> torch.Tensor | None:
+    """`param`'s values, or None if it has none. A parameter accelerate offloaded (on meta between
+    forwards) is read through its module's hook, so a base fingerprints the same offloaded or not."""
+    if param.device.type != "meta":
+        return param
+    path, _, attr = name.rpartition(".")
+    owner = owners.get(path)
+    if owner is None or not placement.is_offloaded(owner, attr):
+        return None
+    return placement.tensor_values(owner, attr)
+
+
+def _ties_lost_to_offload(model: nn.Module) -> set[str]:
+    """Names of tied weights (transformers' `all_tied_weights_keys`, e.g. lm_head.weight -> the embeddings)
+    that accelerate's cpu_offload / disk_offload turned into separate meta parameters. Resident, the tie is
+    one parameter, listed once; left out here, the offloaded base lists the same parameters."""
+    ties = getattr(model, "all_tied_weights_keys", None)
+    if not isinstance(ties, dict) or not ties:
+        return set()
+    named = dict(model.named_parameters(remove_duplicate=False))
+    return {tied for tied, source in ties.items()
+            if tied in named and source in named and named[tied] is not named[source]
+            and named[tied].device.type == "meta"}
+
+
 def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> BaseFingerprint:
     """Fingerprint `model` as it is now (call it before merging any adapter).
 
@@ -165,27 +191,31 @@ def base_fingerprint(model: nn.Module, skip_prefixes: tuple[str, ...] = ()) -> B
         elif kind in _ADAPTABLE and isinstance(weight, torch.Tensor):
             shapes.update(json.dumps([name, kind, list(weight.shape)]).encode())
     weights, legacy = hashlib.sha256(), hashlib.sha256()
+    untied = _ties_lost_to_offload(model)
     params = [
         (name, p)
         for name, p in model.named_parameters(remove_duplicate=True)
         if not any(name.startswith(prefix) for prefix in skip_prefixes) and p.numel() > 0
-        and id(p) not in packed_weights
+        and id(p) not in packed_weights and name not in untied
     ]
     params.sort(key=lambda item: item[0])
+    owners = dict(model.named_modules())
     stride = max(1, len(params) // _MAX_TENSORS)
     for name, param in params[::stride]:
-        if param.device.type == "meta":
+        values = _readable(owners, name, param)
+        if values is None:
             continue
-        signs, rounded = _sample(param)
+        signs, rounded = _sample(values)
         weights.update(name.encode())
         weights.update(signs)
         legacy.update(name.encode())
         legacy.update(rounded)
     dense = hashlib.sha256()
     for name, param in params:
-        if id(param) not in matrix_weights and param.device.type != "meta":
+        values = None if id(param) in matrix_weights else _readable(owners, name, param)
+        if values is not None:
             dense.update(name.encode())
-            dense.update(_sample(param)[0])
+            dense.update(_sample(values)[0])
     shapes_sha256 = shapes.hexdigest()
     return BaseFingerprint(
         architecture=_architecture(model),

@@ -17,9 +17,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.injection import (
-    ModulesToSave,
     attach,
     detach,
     lora_modules,
@@ -42,6 +42,7 @@ from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
 from adapterkit.model.loading import LoadPlan, check_load, check_variant_targets, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
+from adapterkit.model.offload import check_offloaded_targets, forget_tie, weight_sharers
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
 from adapterkit.model.state import adapter_tensors, base_module_at, saved_wrappers, trained_biases
 from adapterkit.model.values import check_values
@@ -186,6 +187,7 @@ class AdapterModel(nn.Module):
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self.model, peft_config, targets)
         check_variant_targets(peft_config, targets)
+        check_offloaded_targets(self.model, peft_config, targets, saved, self._module_walk())
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
             apply_base_init(self, adapter_name, peft_config, write_factors=True)
@@ -426,12 +428,12 @@ class AdapterModel(nn.Module):
             module.bias.copy_(bias)
         for path, weight in plan.base_weights.items():
             module = self.model.get_submodule(path)
-            current = module.weight
-            if not torch.equal(current, weight.to(current.dtype)):
+            current = placement.tensor_values(module)  # offloaded by accelerate: read through its hook
+            if not torch.equal(current, weight.to(current.device, current.dtype)):
                 warnings.warn(
                     f"The adapter file carries a full weight for {path} (PEFT's save_embedding_layers) that "
                     "differs from this base's; it replaces the base weight, as PEFT does.", stacklevel=3)
-                current.copy_(weight)
+                placement.replace_weight(module, weight)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike, adapter_name: str = "default",
@@ -453,15 +455,11 @@ class AdapterModel(nn.Module):
     def _check_ties(self, names: list[str], untie_weights: bool) -> None:
         """A merge writes into the base weight; if that weight is shared (a tied lm_head),
         the other module would change too. Untie on request, else refuse."""
-        owners: dict[int, list[str]] = {}
-        for name, module in self.model.named_modules(remove_duplicate=False):
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, torch.Tensor) and not isinstance(module, ModulesToSave):
-                owners.setdefault(id(weight), []).append(name)
+        sharers = weight_sharers(self.model)  # ties by identity, and those accelerate's offload hides
         for path, lora in self._loras().items():
             if not any(lora.has(n) and n not in lora.merged for n in names):
                 continue
-            sharing = [n for n in owners.get(id(lora.base.weight), []) if n != path]
+            sharing = sharers.get(path, [])
             if not sharing:
                 continue
             if not untie_weights:
@@ -471,6 +469,7 @@ class AdapterModel(nn.Module):
                     "(the model then stores both), or keep the adapter unmerged."
                 )
             lora.base.weight = nn.Parameter(lora.base.weight.detach().clone(), requires_grad=False)
+            forget_tie(self.model, path)
             config = getattr(self.model, "config", None)
             if config is not None and hasattr(config, "tie_word_embeddings"):
                 config.tie_word_embeddings = False
@@ -479,7 +478,8 @@ class AdapterModel(nn.Module):
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False,
                       untie_weights: bool = False, _skip_quantized: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weights. Idempotent.
-        Refused on quantized (bitsandbytes) layers: see model/quantized.py."""
+        Refused on quantized (bitsandbytes) layers: see model/quantized.py. A weight accelerate
+        offloaded is merged into an in-memory copy and restored exactly: see core/placement.py."""
         names = self._check_known(adapter_names) if adapter_names is not None else list(self.routing.active)
         loras = self._loras()
         if _skip_quantized:  # merge_and_unload(dequantize=True) merges those itself

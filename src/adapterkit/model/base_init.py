@@ -22,12 +22,14 @@ import os
 
 import torch
 
+from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.init import base_init_factors, residual
 from adapterkit.core.kinds import CONV1D, LINEAR
 from adapterkit.errors import AdapterStateError, WeightConversionError
 from adapterkit.io import keys
 from adapterkit.io.folder import read_adapter_folder
+from adapterkit.model.offload import weight_sharers
 
 DECOMPOSED_KINDS = (LINEAR, CONV1D)  # a quantized weight is refused (see check_base_init)
 
@@ -37,11 +39,7 @@ def check_base_init(base: torch.nn.Module, config: LoraConfig, targets) -> None:
     writing its residual would change that module too."""
     if not is_base_init(config.init_lora_weights):
         return
-    owners: dict[int, list[str]] = {}
-    for name, module in base.named_modules(remove_duplicate=False):
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            owners.setdefault(id(weight), []).append(name)
+    sharers = weight_sharers(base)  # ties by identity, and those accelerate's offload hides
     quantized = [t.name for t in targets if t.kind.quantized]
     if quantized:
         raise AdapterStateError(
@@ -50,7 +48,7 @@ def check_base_init(base: torch.nn.Module, config: LoraConfig, targets) -> None:
             "init_lora_weights=True on a quantized base, or initialise on the full-precision base.")
     for target in targets:
         if target.kind in DECOMPOSED_KINDS:
-            sharing = [n for n in owners.get(id(target.module.weight), []) if n != target.name]
+            sharing = sharers.get(target.name, [])
             if sharing:
                 raise AdapterStateError(
                     f"init_lora_weights={config.init_lora_weights!r} would write a residual into {target.name}.weight, "
@@ -68,7 +66,7 @@ def apply_base_init(model, adapter_name: str, config: LoraConfig, write_factors:
         if not lora.has(adapter_name) or lora.kind not in DECOMPOSED_KINDS:
             continue
         info = lora.info[adapter_name]
-        stored = lora.base.weight
+        stored = placement.tensor_values(lora.base)  # offloaded by accelerate: read through its hook
         weight = stored.float() if lora.kind.weight_is_out_in else stored.float().T  # (out, in)
         scale = float(info.scale)
         A, B = base_init_factors(init, weight, info.rank, scale)
@@ -76,7 +74,7 @@ def apply_base_init(model, adapter_name: str, config: LoraConfig, write_factors:
             lora.lora_A[adapter_name].copy_(A)
             lora.lora_B[adapter_name].copy_(B)
         rest = residual(weight, A, B, scale)
-        stored.copy_(rest if lora.kind.weight_is_out_in else rest.T)
+        placement.replace_weight(lora.base, rest if lora.kind.weight_is_out_in else rest.T)
 
 
 def convert_to_plain_lora(config: LoraConfig, tensors: dict[str, torch.Tensor],

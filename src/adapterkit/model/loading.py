@@ -32,6 +32,7 @@ from adapterkit.io import keys
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import AdapterFiles
 from adapterkit.model.base_init import check_base_init
+from adapterkit.model.offload import check_offloaded_targets
 from adapterkit.model.state import Layout, accepted_extras, adapter_layout, base_module_at, bias_aliases
 from adapterkit.model.values import ValueCheck, check_values
 
@@ -165,6 +166,7 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
         targets, saved_modules = targets_for(config)
     check_variant_targets(config, targets)
     check_base_init(model, config, targets)  # PiSSA / OLoRA residuals: never into a tied or quantized weight
+    check_offloaded_targets(model, config, targets, saved_modules, modules)  # no trained base tensor offloaded
     check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
     source, config_source = str(files.weights_path), str(files.folder / CONFIG_NAME)
     problems: list[AdapterError] = []

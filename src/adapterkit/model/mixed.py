@@ -65,6 +65,9 @@ def route_for(routing: AdapterRouting, adapter_names: list[str], device: torch.d
 
 
 def _first_device(model) -> torch.device:
+    """Where the row ids are made (each layer moves them to its own device if it differs); not
+    meta, where accelerate keeps offloaded weights between forwards."""
     for param in model.parameters():
-        return param.device
+        if param.device.type != "meta":
+            return param.device
     return torch.device("cpu")

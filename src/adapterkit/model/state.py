@@ -76,9 +76,9 @@ def _base_modules(modules) -> dict[str, nn.Module]:
     return out
 
 
-def _bias_owners(config: LoraConfig, targets: list[TargetedModule], saved_modules: list[str],
-                 modules) -> dict[str, nn.Module]:
-    """Modules whose bias the adapter has, by path."""
+def bias_owners(config: LoraConfig, targets: list[TargetedModule], saved_modules: list[str],
+                modules) -> dict[str, nn.Module]:
+    """Modules whose bias the adapter has, by path (`modules`: the model's named_modules)."""
     if config.bias == "none":
         return {}
     if config.bias == "lora_only":
@@ -105,7 +105,7 @@ def adapter_layout(model: nn.Module, config: LoraConfig, targets: list[TargetedM
             layout[keys.saved_key(path, param)] = (keys.TensorDestination("saved", path, param), tuple(tensor.shape))
     # A LoRA'd module's bias sits under PEFT's wrapper: <path>.base_layer.bias.
     adapted = {t.name for t in targets}
-    for path, module in _bias_owners(config, targets, saved_modules, modules).items():
+    for path, module in bias_owners(config, targets, saved_modules, modules).items():
         bias = cast(torch.Tensor, adapter_bias(module))
         layout[keys.bias_key(path, path in adapted)] = (keys.TensorDestination("bias", path), tuple(bias.shape))
     return layout
@@ -179,7 +179,7 @@ def trained_biases(model: nn.Module, config: LoraConfig, adapter: str, modules=N
         return []
     modules = list(walk(model, modules))
     targets, saved = loaded_targets(model, adapter, modules)
-    owners = _bias_owners(config, targets, saved, modules)
+    owners = bias_owners(config, targets, saved, modules)
     return [bias for module in owners.values() if isinstance(bias := adapter_bias(module), nn.Parameter)]
 
 

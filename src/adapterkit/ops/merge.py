@@ -14,6 +14,7 @@ from adapterkit.core.injection import lora_modules
 from adapterkit.core.merge import merged_state_dict
 from adapterkit.errors import NaNInMergeError, UnknownAdapterError
 from adapterkit.model.adapter_model import AdapterModel
+from adapterkit.model.offload import resident_state_dict
 from adapterkit.model.quantized import refuse_quantized_merge
 from adapterkit.model.state import saved_wrappers
 
@@ -61,7 +62,7 @@ def export_merged(model: AdapterModel, out: str | Path, tokenizer=None, adapter_
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     base = model.get_base_model()
-    original = base.state_dict()
+    original = resident_state_dict(base)  # offloaded weights (accelerate) read back into memory
     state = _base_keys(merged_state_dict(original, lora_modules(base), names), base, names)
     # A merged weight that was tied (lm_head to the embeddings) now differs from its twin:
     # the export must store both, so it is saved untied. (state_dict() detaches each key on

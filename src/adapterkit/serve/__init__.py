@@ -4,10 +4,12 @@
     app = build_app(model, tokenizer, ServeConfig(base_name="smollm2", adapters={"reverse": "out/reverse"}))
 
 Modules, inner to outer: kv_cache (the preallocated per-row KV cache), sampling,
-engine (the one thread that owns the model: continuous batching), adapters (the
-resident set: leases, LRU, hot load/unload/replace), text (detokenizing, stop
-strings), generation (one request's sequences), protocol (request bodies),
-errors / limits / metrics, config and state (what one server holds), app (the routes).
+engine (the one thread that owns the model: continuous batching), protocol (request
+bodies), combinations (a request's `merged_adapters` as a cacheable definition),
+adapters (the resident set: leases, LRU, hot load/unload/replace, combinations built
+once per definition), text (detokenizing, stop strings), generation (one request's
+sequences), errors / limits / metrics, config and state (what one server holds), app
+(the routes).
 Names resolve on first use, so the CLI can check options without importing torch.
 """
 

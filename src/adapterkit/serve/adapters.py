@@ -6,6 +6,10 @@ Three kinds of names reach a request's `model` field:
   which stays addressable even when evicted: its folder is loaded again on demand;
 - a store ref (`name`, `name@3`, `name@prod`), resolved to one version `name@N` per request
   and loaded on first use.
+A request may instead carry `merged_adapters` (serve/combinations.py): a weighted combination
+of such adapters, built once per definition and then resident like any other adapter (it
+takes a slot, is evicted by LRU, and is deleted when a source it was built from is replaced
+or unloaded).
 
 A request takes a *lease* on the adapter it runs with and returns it when it ends.
 The weights it leased never change under it: a replacement loads the new weights
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import re
 import shutil
@@ -33,9 +38,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapterkit.errors import AdapterError
+from adapterkit.core.config import CONFIG_NAME, LoraConfig
+from adapterkit.errors import AdapterCombinationError, AdapterError
+from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.model.mixed import BASE_ROW
-from adapterkit.serve.errors import AdapterLoadError, BadRequestError, ModelNotFoundError, QueueFullError, ServeError
+from adapterkit.serve import combinations
+from adapterkit.serve.combinations import COMBINATION_KEY_PREFIX, CombinationDefinition
+from adapterkit.serve.errors import (
+    AdapterLoadError,
+    BadRequestError,
+    IncompatibleAdaptersError,
+    ModelNotFoundError,
+    QueueFullError,
+    ServeError,
+)
+from adapterkit.serve.protocol import MergedAdapters
 
 # How long a request waits for a free adapter slot when every loaded adapter is in use.
 ROOM_WAIT_S = 30.0
@@ -45,12 +62,16 @@ STORE_PATH_PREFIX = "store:"
 
 @dataclass(frozen=True)
 class AdapterSource:
-    """Where an adapter's weights come from: a PEFT folder, or one store version."""
+    """Where an adapter's weights come from: a PEFT folder, one store version, or a combination."""
 
     path: Path | None = None
     store_ref: str | None = None  # name@N, resolved
+    registration: int = 0  # a named adapter's: a new one each time the name is (re)loaded
+    combination: str | None = None  # a combination's canonical definition
 
     def describe(self) -> str:
+        if self.combination is not None:
+            return f"merged_adapters {self.combination}"
         return str(self.path) if self.path is not None else f"{STORE_PATH_PREFIX}{self.store_ref}"
 
 
@@ -63,6 +84,19 @@ class Resident:
     last_used: float = field(default_factory=time.monotonic)
     retired: bool = False  # replaced or unloaded: deleted once its last lease ends
     deleted: bool = False
+    built_from: tuple[str, ...] = ()  # a combination's source keys
+    config: LoraConfig | None = None  # as loaded (merged_adapters checks its sources' configs first)
+
+    @property
+    def version(self) -> str:
+        return version_of(self.key, self.source)
+
+
+def version_of(key: str, source: AdapterSource) -> str:
+    """The exact weights `key` stands for, as a combination's definition names them."""
+    if source.path is None and source.store_ref == key:
+        return f"{STORE_PATH_PREFIX}{key}"  # a store version never changes
+    return f"{key}#{source.registration}"  # a named adapter: each (re)load is a new registration
 
 
 @dataclass(eq=False)
@@ -86,6 +120,9 @@ class AdapterStats:
     evictions: int = 0
     unloads: int = 0
     load_seconds: float = 0.0  # wall time of successful loads (store read + install), summed
+    combination_hits: int = 0  # merged_adapters requests served by a resident combination
+    combination_misses: int = 0  # ... that had to build it (refused or failed builds included)
+    combination_failures: int = 0  # builds refused (incompatible adapters) or failed
 
 
 class ResidentAdapters:
@@ -103,6 +140,7 @@ class ResidentAdapters:
         self._loading = 0  # slots reserved by loads in progress
         self._room = asyncio.Event()  # set (and replaced) whenever a lease ends or an adapter goes
         self._counter = itertools.count(1)
+        self._registrations = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
 
     # --- start-up (before the event loop serves anything) -------------------------------
@@ -115,12 +153,12 @@ class ResidentAdapters:
         for name, path in adapters.items():
             self._check_public_name(name)
             folder = Path(path)
-            source = AdapterSource(path=folder)
+            source = AdapterSource(path=folder, registration=next(self._registrations))
             internal = self._internal_name(name)
             with _load_errors(source):
-                self._call(_loader(folder, internal)).result()
+                config = self._call(_loader(folder, internal)).result()
             self.named[name] = source
-            self.resident[name] = Resident(name, internal, source)
+            self.resident[name] = Resident(name, internal, source, config=config)
             self.stats.loads += 1
 
     # --- requests -----------------------------------------------------------------------
@@ -128,14 +166,19 @@ class ResidentAdapters:
         """A lease on the adapter `model` names, loading it if needed (404 if nothing has that name)."""
         if model == self.base_name:
             return Lease(model, BASE_ROW)
-        if model in self.named:
-            key, source = model, self.named[model]
-        else:
-            key, source = await self._resolve_store_ref(model)
+        key, source = await self._resolve(model)
         resident = await self._ensure(key, source)
-        resident.leases += 1  # no await since _ensure returned: nothing can evict it in between
+        return self._lease(model, resident)  # no await since _ensure returned: nothing can evict it in between
+
+    def _lease(self, model: str, resident: Resident) -> Lease:
+        resident.leases += 1
         resident.last_used = time.monotonic()
         return Lease(model, resident.internal, resident)
+
+    async def _resolve(self, model: str) -> tuple[str, AdapterSource]:
+        if model in self.named:
+            return model, self.named[model]
+        return await self._resolve_store_ref(model)
 
     def release(self, lease: Lease) -> None:
         if lease.released or lease.resident is None:
@@ -148,6 +191,157 @@ class ResidentAdapters:
         if resident.retired and resident.leases == 0:
             self._spawn(self._delete(resident))
         self._notify_room()
+
+    async def acquire_combination(self, model: str, merged: MergedAdapters) -> Lease:
+        """A lease on the combination `merged` defines, built (from its sources, loaded if needed)
+        on the first request for that definition. Everything that needs no model is checked
+        before anything loads; a combination the model refuses (ranks, targets...) is a 400 and
+        leaves the model as it was, apart from the sources loaded for it being unloaded again."""
+        if model != self.base_name:
+            raise BadRequestError(
+                f"model {model!r} with merged_adapters: the combination replaces the adapter, so set model to the "
+                f"base model's name {self.base_name!r} and list every adapter in merged_adapters.ids", param="model")
+        if len(merged.ids) + 1 > self.max_loras:
+            raise BadRequestError(
+                f"merged_adapters.ids: combining {len(merged.ids)} adapters needs {len(merged.ids) + 1} adapter slots (the sources and "
+                f"the combination) but --max-loras is {self.max_loras}; combine fewer or raise --max-loras",
+                param="merged_adapters.ids")
+        for _attempt in range(3):
+            sources = await self._combination_sources(merged.ids)
+            definition = CombinationDefinition.of(merged, [version_of(k, s) for k, s in sources])
+            key = definition.key
+            resident = self.resident.get(key)
+            if resident is None:
+                async with self._locked(key):
+                    resident = self.resident.get(key)
+                    if resident is None:
+                        self.stats.combination_misses += 1
+                        resident = await self._build_combination(key, definition, sources)
+                        if resident is None:  # a source was replaced meanwhile: define it again
+                            continue
+                        return self._lease(model, resident)
+            self.stats.combination_hits += 1
+            return self._lease(model, resident)
+        raise QueueFullError("the adapters in merged_adapters keep being replaced while the combination is built; "
+                             "retry shortly")
+
+    async def _combination_sources(self, ids: list[str]) -> list[tuple[str, AdapterSource]]:
+        sources = []
+        for i, name in enumerate(ids):
+            param = f"merged_adapters.ids.{i}"
+            if name == self.base_name:
+                raise BadRequestError(f"merged_adapters.ids[{i}] is the base model {name!r}, which has no adapter "
+                                      "weights to combine; list adapters only", param=param)
+            try:
+                sources.append(await self._resolve(name))
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(f"merged_adapters.ids[{i}]: {exc.message}", param=param) from exc
+        keys = [key for key, _ in sources]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise BadRequestError(f"merged_adapters.ids name {repeated} more than once (a store ref and its version "
+                                  "resolve to the same adapter); name each adapter once and add up its weights",
+                                  param="merged_adapters.ids")
+        return sources
+
+    async def _build_combination(self, key: str, definition: CombinationDefinition,
+                                 sources: list[tuple[str, AdapterSource]]) -> Resident | None:
+        """Lease the sources (loading them if needed), build the combination in a slot of its own,
+        then let the sources go. None if a source changed since `definition` was made."""
+        await self._check_combinable(definition, sources)
+        leases: list[Lease] = []
+        fresh: list[Resident] = []  # sources this build loaded: unloaded again if it fails
+        built = False
+        try:
+            for i, (source_key, source) in enumerate(sources):
+                loaded_before = source_key in self.resident
+                try:
+                    resident = await self._ensure(source_key, source)
+                except ServeError as exc:
+                    exc.param = exc.param if exc.param not in (None, "lora_path") else f"merged_adapters.ids.{i}"
+                    raise
+                leases.append(self._lease(source_key, resident))
+                if not loaded_before:
+                    fresh.append(resident)
+            if tuple(lease.resident.version for lease in leases if lease.resident) != definition.sources:
+                return None
+            internal = self._internal_name(key)
+            await self._reserve_room()
+            try:
+                gather = combinations.gatherer(definition, [lease.adapter for lease in leases], internal)
+                inputs = await asyncio.wrap_future(self._call(gather))
+                plan = await asyncio.to_thread(combinations.compute, definition, inputs)
+                await asyncio.wrap_future(self._call(combinations.installer(internal, plan)))
+            except AdapterCombinationError as exc:
+                self.stats.combination_failures += 1
+                raise IncompatibleAdaptersError(f"merged_adapters cannot be combined: {exc}",
+                                                param="merged_adapters") from exc
+            except Exception:
+                self.stats.combination_failures += 1
+                raise
+            finally:
+                self._loading -= 1
+                self._notify_room()
+            source = AdapterSource(combination=definition.canonical())
+            resident = Resident(key, internal, source, built_from=tuple(k for k, _ in sources))
+            if any(lease.resident.retired for lease in leases if lease.resident):
+                resident.retired = True  # a source was unloaded or replaced meanwhile: serve this request, then free it
+            else:
+                self.resident[key] = resident
+            built = True
+            return resident
+        finally:
+            for lease in leases:
+                self.release(lease)
+            if not built:
+                for resident in fresh:
+                    if resident.leases == 0 and self.resident.get(resident.key) is resident:
+                        del self.resident[resident.key]
+                        await self._delete(resident)
+
+    async def _check_combinable(self, definition: CombinationDefinition,
+                                sources: list[tuple[str, AdapterSource]]) -> None:
+        """Refuse, before any source loads (and so before anything is evicted), what the sources'
+        configs already rule out; the build checks the loaded adapters module by module again."""
+        from adapterkit.model.combine import combined_config
+
+        configs: list[LoraConfig] = []
+        recorded_bases: list[BaseFingerprint | None] = []
+        for key, source in sources:
+            resident = self.resident.get(key)
+            if resident is not None and resident.source == source and resident.config is not None:
+                configs.append(resident.config)
+                recorded_bases.append(None)  # checked when it loaded
+                continue
+            head = await asyncio.to_thread(_read_source, source, self.store)
+            if head is None:
+                return  # unreadable: loading it reports why
+            configs.append(head[0])
+            recorded_bases.append(head[1])
+        try:
+            if any(recorded_bases):
+                # The load's own check (strict_base), asked of the model before anything loads.
+                others = await asyncio.wrap_future(self._call(lambda model: [
+                    i for i, base in enumerate(recorded_bases) if base and not model.base_fingerprint.matches(base)]))
+                if others:
+                    i = others[0]
+                    raise AdapterCombinationError(
+                        f"{sources[i][0]!r} (merged_adapters.ids[{i}]) was trained on another base "
+                        f"({recorded_bases[i].describe()}) than the one this server serves; combine adapters "
+                        "trained on this base")
+            combined_config([key for key, _ in sources], configs, definition.strategy, type_field="merge_strategy",
+                            other_ranks_fix="Use merge_strategy 'cat' (exact for any ranks), or combine them "
+                                            "offline with an '*_svd' type (adapterkit combine) and load the result.")
+        except AdapterCombinationError as exc:
+            self.stats.combination_failures += 1
+            raise IncompatibleAdaptersError(f"merged_adapters cannot be combined: {exc}",
+                                            param="merged_adapters") from exc
+
+    async def _retire_combinations_of(self, name: str) -> None:
+        """A source changed or went: the combinations built from it are stale, and free their slots."""
+        for resident in [r for r in self.resident.values() if name in r.built_from]:
+            del self.resident[resident.key]
+            await self._retire(resident)
 
     async def _resolve_store_ref(self, model: str) -> tuple[str, AdapterSource]:
         if self.store is None:
@@ -173,8 +367,8 @@ class ResidentAdapters:
             resident = self.resident.get(key)
             if resident is None:  # the first request for it: load it once, as the others wait on the lock
                 internal = self._internal_name(key)
-                await self._load_into_slot(source, internal)
-                resident = self.resident[key] = Resident(key, internal, source)
+                config = await self._load_into_slot(source, internal)
+                resident = self.resident[key] = Resident(key, internal, source, config=config)
         return resident
 
     # --- admin ------------------------------------------------------------------------
@@ -185,26 +379,27 @@ class ResidentAdapters:
             raise BadRequestError(
                 f"an adapter named {name!r} is already loaded (from {self.named[name].describe()}); unload it "
                 "first, or pass \"load_inplace\": true to replace it", param="lora_name")
-        source = await self._admin_source(path)
+        source = await self._admin_source(path, registration=next(self._registrations))
         async with self._locked(name):
             internal = self._internal_name(name)
-            await self._load_into_slot(source, internal)
+            config = await self._load_into_slot(source, internal)
             old = self.resident.pop(name, None)
             self.named[name] = source
-            resident = self.resident[name] = Resident(name, internal, source)
+            resident = self.resident[name] = Resident(name, internal, source, config=config)
         if old is not None:
             await self._retire(old)
+            await self._retire_combinations_of(name)
         return resident
 
-    async def _admin_source(self, path: str) -> AdapterSource:
+    async def _admin_source(self, path: str, registration: int) -> AdapterSource:
         """A folder, or with the `store:` prefix a stored version (the playground's load button sends those)."""
         if not path.startswith(STORE_PATH_PREFIX):
-            return AdapterSource(path=Path(path).expanduser())
+            return AdapterSource(path=Path(path).expanduser(), registration=registration)
         if self.store is None:
             raise BadRequestError(f"lora_path {path!r} names a stored adapter but this server has no store; "
                                   "start it with --store [ROOT], or give a folder", param="lora_path")
         _, source = await self._resolve_store_ref(path[len(STORE_PATH_PREFIX):])
-        return source
+        return dataclasses.replace(source, registration=registration)
 
     async def unload(self, name: str) -> None:
         """Forget adapter `name` (a named one, or a resident store ref); its memory is freed
@@ -217,10 +412,11 @@ class ResidentAdapters:
         self.stats.unloads += 1
         if old is not None:
             await self._retire(old)
+        await self._retire_combinations_of(name)
 
     def listing(self) -> list[dict]:
         """Every adapter a request can name without the store: (id, root, resident)."""
-        keys = list(self.named) + [k for k in self.resident if k not in self.named]
+        keys = list(self.named) + [k for k, r in self.resident.items() if k not in self.named and not r.built_from]
         out = []
         for key in keys:
             resident = self.resident.get(key)
@@ -230,10 +426,10 @@ class ResidentAdapters:
         return out
 
     # --- loading and room -------------------------------------------------------------
-    async def _load_into_slot(self, source: AdapterSource, internal: str) -> None:
+    async def _load_into_slot(self, source: AdapterSource, internal: str) -> LoraConfig:
         await self._reserve_room()
         try:
-            await self._load(source, internal)
+            return await self._load(source, internal)
         finally:
             self._loading -= 1
             self._notify_room()
@@ -260,18 +456,18 @@ class ResidentAdapters:
                 continue
         self._loading += 1
 
-    async def _load(self, source: AdapterSource, internal: str) -> None:
+    async def _load(self, source: AdapterSource, internal: str) -> LoraConfig:
         started = time.perf_counter()
         try:
             with _load_errors(source):
                 if source.path is not None:
-                    await asyncio.wrap_future(self._call(_loader(source.path, internal)))
+                    config = await asyncio.wrap_future(self._call(_loader(source.path, internal)))
                 else:
                     folder = Path(tempfile.mkdtemp(prefix="adapterkit-serve-"))
                     try:
                         # Reading the store (checksums, copies) happens off the engine thread.
                         await asyncio.to_thread(self.store.get, source.store_ref, folder / "adapter")
-                        await asyncio.wrap_future(self._call(_loader(folder / "adapter", internal)))
+                        config = await asyncio.wrap_future(self._call(_loader(folder / "adapter", internal)))
                     finally:
                         shutil.rmtree(folder, ignore_errors=True)
         except Exception:
@@ -279,6 +475,7 @@ class ResidentAdapters:
             raise
         self.stats.loads += 1
         self.stats.load_seconds += time.perf_counter() - started
+        return config
 
     async def _retire(self, resident: Resident) -> None:
         resident.retired = True
@@ -330,13 +527,39 @@ class ResidentAdapters:
         if name == self.base_name:
             raise BadRequestError(f"{name!r} is the base model's name; pick another adapter name",
                                   param="lora_name")
+        if name.startswith(COMBINATION_KEY_PREFIX):
+            raise BadRequestError(f"adapter names starting with {COMBINATION_KEY_PREFIX!r} are kept for merged_adapters "
+                                  "combinations; pick another adapter name", param="lora_name")
 
 
 def _loader(folder: Path, internal: str) -> Callable:
-    def load(model) -> None:
+    def load(model) -> LoraConfig:
         # strict_base: an adapter trained on another base can fit every shape and still be wrong.
         model.load_adapter(folder, adapter_name=internal, strict_base=True)
+        return model.peft_config[internal]
     return load
+
+
+def _read_source(source: AdapterSource, store) -> tuple[LoraConfig, BaseFingerprint | None] | None:
+    """An adapter's config and recorded base fingerprint, without loading it (None if unreadable:
+    its load then reports why)."""
+    try:
+        if source.path is not None:
+            return _read_folder_head(source.path)
+        with tempfile.TemporaryDirectory(prefix="adapterkit-serve-") as folder:
+            store.get(source.store_ref, Path(folder) / "adapter")
+            return _read_folder_head(Path(folder) / "adapter")
+    except Exception:
+        return None
+
+
+def _read_folder_head(folder: Path) -> tuple[LoraConfig, BaseFingerprint | None]:
+    from adapterkit.io.folder import find_weights
+    from adapterkit.store.summary import read_safetensors_header
+
+    weights = find_weights(folder)
+    metadata = read_safetensors_header(weights)[1] if weights.suffix == ".safetensors" else {}
+    return LoraConfig.from_json_file(str(folder / CONFIG_NAME)), BaseFingerprint.from_metadata(metadata)
 
 
 @contextlib.contextmanager

@@ -166,7 +166,10 @@ async def _generate(state: ServerState, request: Request, body: SamplingFields, 
             f"--max-batch {state.config.max_batch}; send fewer at once", param="n")
     max_tokens = [check_lengths(p, body.max_tokens, state.config.max_model_len,
                                 param="messages" if chat else "prompt") for p in prompts]
-    lease = await state.adapters.acquire(body.model)
+    if body.merged_adapters is not None:
+        lease = await state.adapters.acquire_combination(body.model, body.merged_adapters)
+    else:
+        lease = await state.adapters.acquire(body.model)
     try:
         temperature = 1.0 if body.temperature is None else body.temperature
         run = GenerationRun(state.engine, state.tokenizer, prompts, lease.adapter, n=body.n, max_tokens=max_tokens,

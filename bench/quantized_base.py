@@ -19,17 +19,6 @@ import time
 import torch
 
 
-def _resident_bytes(model: torch.nn.Module) -> int:
-    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    for module in model.modules():
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is not None:  # 4-bit: absmax (and nested statistics) live beside the packed weight
-            for tensor in (state.absmax, getattr(getattr(state, "state2", None), "absmax", None)):
-                if isinstance(tensor, torch.Tensor):
-                    total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def _step_seconds(model, steps: int) -> float:
     from adapterkit import LoraConfig, get_peft_model
 
@@ -53,11 +42,12 @@ def main() -> None:
     parser.add_argument("--quantization", default="nf4")
     args = parser.parse_args()
     from adapterkit.hf import load_base
+    from adapterkit.model.quantized import resident_bytes
 
     rows = []
     for quantization in (None, args.quantization):
         model, _ = load_base("smollm2", quantization=quantization)
-        rows.append((quantization or "float32", _resident_bytes(model), _step_seconds(model, args.steps)))
+        rows.append((quantization or "float32", resident_bytes(model), _step_seconds(model, args.steps)))
     base_bytes, base_step = rows[0][1], rows[0][2]
     print(f"{'base':10} {'resident MB':>12} {'ratio':>6} {'step s':>8} {'ratio':>6}")
     for name, size, step in rows:

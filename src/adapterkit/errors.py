@@ -129,6 +129,9 @@ class QuantizedMergeError(AdapterStateError):
     """A merge into a quantized (bitsandbytes) weight, refused: nothing was changed."""
 
 
+# --- Ray Serve replicas (integrations/ray) ---------------------------------------
+class RayServeOptionError(AdapterError, ValueError):
+    """A Ray Serve deployment option (`adapterkit serve --replicas`, `serve run ... key=value`) is unusable."""
 # --- offload: bases placed by device_map / offloaded by accelerate ---------------
 class OffloadedWeightError(AdapterError, ValueError):
     """A base weight sits on the meta device and nothing says where its values are (no accelerate

@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from adapterkit import AdapterModel, LoraConfig, get_peft_model
+from adapterkit.core.bnb_layout import is_cpu_repacked
 from adapterkit.core.kinds import QUANTIZED_LINEAR, kind_of, quantization_of
 from adapterkit.hf import load_base
 from adapterkit.hf.base_models import QUANTIZATIONS
@@ -37,11 +38,14 @@ def test_load_base_quantizes_the_linears_and_adapters_move_to_the_float_base(sch
     q_proj = model.model.layers[0].self_attn.q_proj
     assert kind_of(q_proj) is QUANTIZED_LINEAR and quantization_of(q_proj) == scheme
     assert not any(p.requires_grad for p in model.parameters() if p.dtype in (torch.uint8, torch.int8))
+    ids = tokenizer("a quantized base", return_tensors="pt").input_ids
+    with torch.no_grad():  # an evaluation: bitsandbytes would repack 4-bit weights for its CPU kernel here
+        model(input_ids=ids)
+    assert not any(is_cpu_repacked(getattr(getattr(m, "weight", None), "quant_state", None)) for m in model.modules())
 
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     randomize_adapter(peft)
     peft.save_pretrained(tmp_path / "qlora")
-    ids = tokenizer("a quantized base", return_tensors="pt").input_ids
     float_model, _ = load_base(float_folder)
     with pytest.warns(UserWarning, match=re.escape(f"quantized {scheme},")):
         moved = AdapterModel.from_pretrained(float_model, tmp_path / "qlora", strict_base=True)

@@ -27,6 +27,14 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="seconds SIGINT/SIGTERM waits for requests in flight (default 120)")
+    parser.add_argument("--replicas", type=int, metavar="N",
+                        help="run N replicas behind Ray Serve, each adapter's requests routed to a replica holding it "
+                             "(a local Ray cluster, or the one at $RAY_ADDRESS; pip install 'adapterkit[ray]'). "
+                             "--max-loras, --drain-timeout and --log-level do not apply: Ray Serve evicts and drains")
+    parser.add_argument("--max-adapters-per-replica", type=int, default=8, metavar="K",
+                        help="with --replicas: store refs one replica keeps loaded (Ray's multiplexing LRU; default 8)")
+    parser.add_argument("--replica-cpus", type=float, default=1.0,
+                        help="with --replicas: Ray CPUs reserved per replica (default 1; a fraction packs more per host)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="uvicorn's log level (default warning; info logs every request)")
 
@@ -46,10 +54,12 @@ def parse_adapters(items: list[str]) -> dict[str, str | Path]:
 
 
 def run_serve(args) -> int:
-    from adapterkit.serve.config import ServeConfig
+    from adapterkit.serve.config import ServeConfig, served_name
 
     adapters = parse_adapters(args.adapter)  # bad options fail before torch is even imported
-    config = ServeConfig(base_name=args.served_model_name or _base_name(args.base), adapters=adapters,
+    if args.replicas is not None:
+        return _run_replicas(args, adapters)
+    config = ServeConfig(base_name=args.served_model_name or served_name(args.base), adapters=adapters,
                          max_loras=args.max_loras, max_batch=args.max_batch, max_model_len=args.max_model_len,
                          max_queue=args.max_queue, api_key=args.api_key, base_root=str(args.base))
     config.check()
@@ -78,9 +88,26 @@ def run_serve(args) -> int:
     return 0 if server.started else 1
 
 
-def _base_name(base: str) -> str:
-    path = Path(base).expanduser()
-    return path.name if path.is_dir() else base
+def _run_replicas(args, adapters: dict[str, str | Path]) -> int:
+    """`--replicas N`: the same server, N times, behind Ray Serve (adapterkit.integrations.ray)."""
+    import importlib.util
+    import os
+
+    from adapterkit.integrations.ray.options import RayServeOptions
+
+    options = RayServeOptions(
+        base=str(args.base), served_model_name=args.served_model_name, store=args.store,
+        store_url=(os.environ.get("ADAPTERKIT_STORE_URL") or None) if args.store is not None else None,
+        adapters={name: str(path) for name, path in adapters.items()}, replicas=args.replicas,
+        max_adapters_per_replica=args.max_adapters_per_replica, max_batch=args.max_batch,
+        max_model_len=args.max_model_len, max_queue=args.max_queue, api_key=args.api_key, dtype=args.dtype,
+        replica_cpus=args.replica_cpus)
+    options.check()
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("--replicas runs on Ray Serve, which is not installed: pip install 'adapterkit[ray]'")
+    from adapterkit.integrations.ray.launch import serve_replicas
+
+    return serve_replicas(options, host=args.host, port=args.port)
 
 
 def _draining_server(config, state):

@@ -121,9 +121,10 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
     if _bnb_class(module) == _BNB_4BIT:
         if getattr(weight, "quant_state", None) is None:
             raise ValueError(f"{type(module).__name__} has not quantized its weight yet (move it to a device first).")
-        data, state = weight.data, weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):  # repacked for bitsandbytes' CPU kernel
-            data, state = bnb_f._convert_weight_packed_for_cpu_inverse(data, state)
+        from adapterkit.core.bnb_layout import standard_layout  # (it imports this module)
+
+        # Repacked for bitsandbytes' CPU kernel: undone on copies, the layer is left as it is.
+        data, state = standard_layout(weight.data, weight.quant_state)
         return bnb_f.dequantize_4bit(data, state).float()
     scb = getattr(weight, "SCB", None)
     if scb is None:

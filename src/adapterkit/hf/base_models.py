@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from adapterkit.core.bnb_layout import keep_standard_4bit_layout
 from adapterkit.hf.embedded import EMBEDDED_NAME, embedded_model_dir
 from adapterkit.hf.errors import BaseModelNotFoundError, QuantizationUnavailableError
 from adapterkit.hf.hub import load_from_hub
@@ -40,6 +41,9 @@ def load_base(name_or_path: str | Path, dtype: torch.dtype = torch.float32, quan
         )
     else:
         model, tokenizer = load_from_hub(name, dtype, **extra)
+    if quantization is not None:
+        # Scored and trained with the same arithmetic, and trainable after an evaluation.
+        keep_standard_4bit_layout(model)
     if tokenizer.pad_token is None:
         # Batching needs a pad id; padded positions are masked, so any token will do.
         tokenizer.pad_token = tokenizer.eos_token

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from adapterkit.core import placement
+from adapterkit.core.bnb_layout import keep_standard_4bit_layout
 from adapterkit.core.config import LoraConfig, is_base_init
 from adapterkit.core.injection import (
     attach,
@@ -75,6 +76,8 @@ class AdapterModel(nn.Module):
         self.base_fingerprint: BaseFingerprint = base_fingerprint(model)
         for param in model.parameters():  # the base is frozen; adapters bring their own parameters
             param.requires_grad_(False)
+        # bitsandbytes' CPU inference layout has no gradient and other arithmetic (core/bnb_layout.py).
+        keep_standard_4bit_layout(model)
         if config is not None:
             self.add_adapter(adapter_name, config)
 

@@ -90,3 +90,17 @@ def swap_in_dequantized(model: nn.Module, replacements: dict[str, nn.Linear]) ->
                 setattr(model, attribute, None)
             except AttributeError:
                 pass
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """What `model` holds resident: its parameters and buffers, plus the 4-bit quantization
+    statistics (absmax, and for double quantization their own statistics) that bitsandbytes
+    keeps beside each packed weight rather than as a parameter."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            for tensor in (state.absmax, getattr(getattr(state, "state2", None), "absmax", None)):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+    return total

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def served_name(base: str) -> str:
+    """The base's name in requests and /v1/models when none is given: a folder's name, else `base` itself."""
+    path = Path(base).expanduser()
+    return path.name if path.is_dir() else base
+
+
 @dataclass
 class ServeConfig:
     base_name: str  # what requests put in `model` for the base alone

@@ -140,6 +140,29 @@ def missing_tool(reason: str, module_level: bool = False):
     pytest.skip(reason, allow_module_level=module_level)
 
 
+def save_random_adapters(base_dir, root, count: int = 20, varied: bool = True) -> dict[str, object]:
+    """a00, a01, ...: random adapters saved as PEFT folders. `varied`: ranks 4 and 8 over two target
+    sets, as a server meets them; else all rank 4 on q/v/down, so that any two combine."""
+    from adapterkit import LoraConfig, get_peft_model
+    from adapterkit.hf import load_base
+
+    base, _ = load_base(base_dir)
+    model = None
+    folders = {}
+    for i in range(count):
+        name = f"a{i:02d}"
+        targets = ["k_proj", "o_proj", "up_proj"] if varied and i % 2 else ["q_proj", "v_proj", "down_proj"]
+        config = LoraConfig(r=8 if varied and not i % 3 else 4, lora_alpha=8, target_modules=targets)
+        if model is None:
+            model = get_peft_model(base, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        model.set_adapter(name)
+        randomize_adapter(model, seed=100 + i, std=0.6)
+        folders[name] = model.save_pretrained(root / name, selected_adapters=[name]) / name
+    return folders
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 for a server that another process binds later (a subprocess, Ray).
 

@@ -113,9 +113,10 @@ def test_gaussian_init_has_peft_distribution():
     assert abs(peft_A.std().item() - A.std().item()) < 0.005
 
 
-@pytest.mark.parametrize("init", ["pissa", "olora"])
-def test_saved_as_plain_lora_of_the_original_base(init, tmp_path):
-    kwargs = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"])
+@pytest.mark.parametrize("init, use_dora", [("pissa", False), ("olora", False), ("pissa", True)])
+def test_saved_as_plain_lora_of_the_original_base(init, use_dora, tmp_path):
+    # DoRA: its magnitude is kept as it is (V = W_res + s·B·A is the same matrix after conversion).
+    kwargs = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens"], use_dora=use_dora)
     model = get_peft_model(tiny_llama(), LoraConfig(init_lora_weights=init, **kwargs))
     model.save_pretrained(tmp_path / "initial")
     generator = torch.Generator().manual_seed(7)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, missing_tool, randomize_adapter, save_tiny_base
+from helpers import free_port, missing_tool, save_random_adapters, save_tiny_base
 from readme_commands import readme_commands, substitute
 
 # A Ray cluster, Serve, 2 + 1 replicas, 2 ingresses and a replacement: ~50 s of CPU in all (80 s of wall time
@@ -130,7 +130,7 @@ def deployment(cluster, tmp_path_factory):
     try:
         from adapterkit.cli.main import main
 
-        adapter_dirs = _save_adapters(base_dir, root / "adapters")  # while the replicas start
+        adapter_dirs = save_random_adapters(base_dir, root / "adapters", len(ADAPTERS), varied=False)  # while the replicas start
         for name, folder in adapter_dirs.items():
             argv = substitute(put, {"/shared/adapters": str(store_root), "out/reverse": str(folder), "reverse": name})
             assert main(argv[1:]) == 0
@@ -332,25 +332,6 @@ def test_readme_serve_run_line_deploys_the_same_application(deployment):
 
 
 # --- helpers ----------------------------------------------------------------------------
-def _save_adapters(base_dir: Path, root: Path) -> dict[str, Path]:
-    from adapterkit import LoraConfig, get_peft_model
-    from adapterkit.hf import load_base
-
-    base, _ = load_base(base_dir)
-    model = None
-    folders = {}
-    for i, name in enumerate(ADAPTERS):
-        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
-        if model is None:
-            model = get_peft_model(base, config, adapter_name=name)
-        else:
-            model.add_adapter(name, config)
-        model.set_adapter(name)
-        randomize_adapter(model, seed=100 + i, std=0.6)
-        folders[name] = model.save_pretrained(root / name, selected_adapters=[name]) / name
-    return folders
-
-
 def _totals(counters: list[dict]) -> dict[str, int]:
     return {k: sum(c[k] for c in counters) for k in ("requests", "hits", "loads", "evictions")}
 

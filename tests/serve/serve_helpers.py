@@ -11,34 +11,19 @@ import threading
 import torch
 import uvicorn
 
-from adapterkit import AdapterModel, LoraConfig, get_peft_model
+from adapterkit import AdapterModel
 from adapterkit.serve.background import BackgroundServer
-from helpers import free_port, randomize_adapter, save_tiny_base, tiny_llama, tiny_tokenizer  # noqa: F401 (re-exported)
+from helpers import (  # noqa: F401 (re-exported)
+    free_port,
+    randomize_adapter,
+    save_random_adapters,
+    save_tiny_base,
+    tiny_llama,
+    tiny_tokenizer,
+)
 
-ADAPTERS = 20
 MAX_MODEL_LEN = 32
 API_KEY = "test-key"
-
-
-def save_random_adapters(base_dir, root, count: int = ADAPTERS) -> dict[str, object]:
-    """a00..a19: random adapters (ranks 4 and 8, different targets) saved as PEFT folders."""
-    from adapterkit.hf import load_base
-
-    base, _ = load_base(base_dir)
-    model = None
-    folders = {}
-    for i in range(count):
-        name = f"a{i:02d}"
-        targets = ["q_proj", "v_proj", "down_proj"] if i % 2 == 0 else ["k_proj", "o_proj", "up_proj"]
-        config = LoraConfig(r=4 if i % 3 else 8, lora_alpha=8, target_modules=targets)
-        if model is None:
-            model = get_peft_model(base, config, adapter_name=name)
-        else:
-            model.add_adapter(name, config)
-        model.set_adapter(name)
-        randomize_adapter(model, seed=100 + i, std=0.6)
-        folders[name] = model.save_pretrained(root / name, selected_adapters=[name]) / name
-    return folders
 
 
 class ServerThread(BackgroundServer):

@@ -232,10 +232,16 @@ def test_a_sharded_or_empty_adapter_is_never_saved(damage):
     from adapterkit.training.fsdp import check_adapter_whole
 
     model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert check_adapter_whole(model) == 8  # 2 layers x 2 modules x (A, B)
+    model.add_adapter("dora", LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert check_adapter_whole(model) == 8 + 6  # 2 layers x 2 modules x (A, B), and 2 x (A, B, magnitude)
     lora = model.get_base_model().model.layers[1].self_attn.v_proj.lora
     lora.lora_B["default"].data = lora.lora_B["default"].data[:4] if damage == "shard" else torch.empty(0)
     with pytest.raises(DistributedTrainingError, match="lora_B holds a tensor of shape"):
+        check_adapter_whole(model)
+    lora.lora_B["default"].data = torch.zeros(lora.out_features, 4)
+    magnitude = model.get_base_model().model.layers[0].self_attn.q_proj.lora.lora_magnitude_vector["dora"]
+    magnitude.data = magnitude.data[:3] if damage == "shard" else torch.empty(0)
+    with pytest.raises(DistributedTrainingError, match="'dora' lora_magnitude_vector holds a tensor of shape"):
         check_adapter_whole(model)
 
 

@@ -59,7 +59,8 @@ def run_inspect(args) -> int:
         table = Table(title=escape(f"adapter {item.folder}"), show_header=False)
         rows = [
             ("type", item.peft_type), ("rank", str(item.rank)), ("alpha", str(item.lora_alpha)),
-            ("rsLoRA", str(item.use_rslora)), ("targets", str(item.target_modules)),
+            ("rsLoRA", str(item.use_rslora)), ("variant", f"{item.variant} (use_dora={item.use_dora})"),
+            ("targets", str(item.target_modules)),
             ("modules_to_save", str(item.modules_to_save)), ("rank/alpha patterns", f"{item.rank_pattern} / {item.alpha_pattern}"),
             ("adapted modules", str(item.adapted_modules)), ("parameters", f"{item.parameters:,d}"),
             ("file", f"{item.weights_file} ({item.weights_bytes:,d} bytes)"), ("sha256", item.weights_sha256),

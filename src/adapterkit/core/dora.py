@@ -14,7 +14,9 @@ Merging is not additive: W' = g ⊙ (W + s·B·A). The exact inverse, W = W' / g
 the n of the merge (W' no longer holds it), so the merge returns it and unmerge takes it back.
 
 Everything here works on the (out, in) "dense" weight; core.kinds lays it out per kind
-(Conv1D stores (in, out); a quantized layer is dequantized, and merging into it is refused).
+(Conv1D stores (in, out), an Embedding (V, dim): its "out" is dim, its "in" the vocabulary, as PEFT's;
+a quantized layer is dequantized, and merging into it is refused). core.variants.DoraVariant
+plugs these into the layer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 __all__ = ["MAGNITUDE_ATTR", "correction", "merge", "unmerge", "weight_norm"]
 
 # The LoraAdapters attribute (an AdapterParameters) holding each DoRA adapter's magnitude;
-# PEFT's on-disk key suffix is the same word (io.keys).
+# PEFT's on-disk key suffix is the same word (core.variants.DoraVariant declares both).
 MAGNITUDE_ATTR = "lora_magnitude_vector"
 
 

@@ -9,6 +9,10 @@ through a forward hook, so the base module keeps its class and its keys
 Linear, transformers' Conv1D (weight stored transposed, (in, out)) and Embedding
 (A_i is indexed by token id instead of multiplied) are handled. Merge folds
 s_i B_i A_i into W; unmerge subtracts it again.
+
+An adapter of a LoRA variant (DoRA) is plain LoRA plus what its variant object
+(core/variants.py) adds: its own tensors, a correction on top of the LoRA output,
+its merge and the exact inverse. Nothing here names a variant.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterkit.core import dora, placement
+from adapterkit.core import placement
 from adapterkit.core.kinds import ModuleKind
 from adapterkit.core.pack import RankPack
 from adapterkit.core.routing import AdapterRouting, Route
+from adapterkit.core.variants import PLAIN_LORA, LoraVariant, variant_tensors
 
 __all__ = ["AdapterParameters", "AdapterRouting", "LoraAdapters", "adapter_tensor_shapes", "lora_scale"]
 
@@ -34,7 +39,7 @@ class _AdapterInfo:
     rank: int
     scale: float
     dropout: float
-    dora: bool = False  # a DoRA adapter: a magnitude per output feature too (core/dora.py)
+    variant: LoraVariant = PLAIN_LORA  # what the adapter is beyond A and B (core/variants.py)
 
 
 class AdapterParameters(nn.Module):
@@ -76,15 +81,13 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
-def adapter_tensor_shapes(kind: ModuleKind, module: nn.Module, rank: int, use_dora: bool) -> dict[str, tuple[int, ...]]:
-    """The tensors an adapter has at a module, by role ("A", "B", "M": io.keys' factor names),
-    with their shapes. With `LoraAdapters.tensors_of`, the one owner of this fact: save, load,
-    verify and inspect all go through these two."""
+def adapter_tensor_shapes(kind: ModuleKind, module: nn.Module, rank: int,
+                          variant: LoraVariant = PLAIN_LORA) -> dict[str, tuple[int, ...]]:
+    """The LoRA tensors an adapter has at a module, by role ("A", "B", and its variant's, e.g.
+    DoRA's "M": io.keys' factor names), with their shapes. `LoraAdapters.tensors_of` holds the
+    same roles; model/state.py builds an adapter's whole tensor set from these."""
     in_f, out_f = kind.features(module)
-    shapes: dict[str, tuple[int, ...]] = {"A": (rank, in_f), "B": (out_f, rank)}
-    if use_dora:
-        shapes["M"] = (out_f,)
-    return shapes
+    return {"A": (rank, in_f), "B": (out_f, rank), **variant.tensor_shapes(in_f, out_f, rank)}
 
 
 class LoraAdapters(nn.Module):
@@ -94,9 +97,15 @@ class LoraAdapters(nn.Module):
         self.routing = routing
         self.lora_A = AdapterParameters()
         self.lora_B = AdapterParameters()
-        self.lora_magnitude_vector = AdapterParameters()  # DoRA adapters only (dora.MAGNITUDE_ATTR)
-        # DoRA adapter -> the weight norm of its merge, which its unmerge needs back.
-        self._dora_norms: dict[str, torch.Tensor] = {}
+        # The variants' own tensors (DoRA's lora_magnitude_vector), one holder each, present
+        # whether or not an adapter here uses it, so state_dict keys do not depend on the mix.
+        for tensor in variant_tensors():
+            self.add_module(tensor.attr, AdapterParameters())
+        # Merged adapter -> what its variant's unmerge needs back (DoRA: the norm of the merge).
+        self._merge_state: dict[str, object] = {}
+        # Adapters whose variant corrects the LoRA output, kept so a mixed batch of plain adapters
+        # checks one empty set, not every adapter here.
+        self._correcting: set[str] = set()
         # The base module is referenced, not registered, so it is not a child of its own child.
         self.__dict__["_base"] = base
         self.in_features, self.out_features = kind.features(base)
@@ -127,10 +136,14 @@ class LoraAdapters(nn.Module):
     def _params(self):
         return (self.lora_A, self.lora_B)
 
+    def extra(self, attr: str) -> AdapterParameters:
+        """The holder of a variant tensor (core.variants.VariantTensor.attr) for every adapter here."""
+        return cast(AdapterParameters, self._modules[attr])
+
     # --- adding and removing adapters --------------------------------------
     def add(self, name: str, rank: int, alpha: float, dropout: float, use_rslora: bool,
-            init: bool | str | None = True, trainable: bool = True, use_dora: bool = False) -> None:
-        """Add adapter `name`. `init=None` leaves the factors (and a DoRA magnitude) unwritten,
+            init: bool | str | None = True, trainable: bool = True, variant: LoraVariant = PLAIN_LORA) -> None:
+        """Add adapter `name`. `init=None` leaves its tensors (factors and the variant's) unwritten,
         for a caller (a validated load) that writes every one of them next."""
         assert name not in self.info, name  # callers check names first
         device = placement.execution_device(self.base)  # offloaded: the hook's device, never meta
@@ -142,11 +155,14 @@ class LoraAdapters(nn.Module):
         slot = pack.add(name, scale, self._params(), zero=init is not None)
         self.lora_A[name] = nn.Parameter(pack.A[slot], requires_grad=trainable)
         self.lora_B[name] = nn.Parameter(pack.B[slot], requires_grad=trainable)
-        self.info[name] = _AdapterInfo(rank, scale, dropout, use_dora)
-        if use_dora:
-            assert not self.kind.indexed, "callers refuse DoRA on embeddings"
-            self.lora_magnitude_vector[name] = nn.Parameter(
-                torch.zeros(self.out_features, device=device, dtype=self.kind.factor_dtype(self.base)),
+        self.info[name] = _AdapterInfo(rank, scale, dropout, variant)
+        if variant.corrects_output:
+            self._correcting.add(name)
+        assert variant.supports(self.kind), "callers refuse a variant on kinds it does not support"
+        shapes = variant.tensor_shapes(self.in_features, self.out_features, rank)
+        for tensor in variant.tensors:
+            self.extra(tensor.attr)[name] = nn.Parameter(
+                torch.zeros(shapes[tensor.role], device=device, dtype=self.kind.factor_dtype(self.base)),
                 requires_grad=trainable)
         self._set_slot(rank, self.routing.id_for(name), slot)  # id_for first: it may grow the tables
         if init is not None:
@@ -156,14 +172,15 @@ class LoraAdapters(nn.Module):
         if name in self.merged:
             self.unmerge([name])
         info = self.info.pop(name)
+        self._correcting.discard(name)
         pack = self.packs[info.rank]
         pack.remove(name)
         # The name's row id may be handed to another adapter once every module has dropped it
         # (AdapterModel.delete_adapter releases it): this module must map it to no slot.
         self._set_slot(info.rank, self.routing.ids[name], 0)
         del self.lora_A[name], self.lora_B[name]
-        if info.dora:
-            del self.lora_magnitude_vector[name]
+        for tensor in info.variant.tensors:
+            del self.extra(tensor.attr)[name]
         if not pack.used:
             # An empty pack has no parameter to take a later .to()'s device and dtype from;
             # drop it, and a later adapter of this rank gets a fresh one beside the base weight.
@@ -171,7 +188,8 @@ class LoraAdapters(nn.Module):
 
     @torch.no_grad()
     def reset(self, name: str, init: bool | str = True) -> None:
-        """PEFT's initialisations, so a fresh adapter behaves the same in both."""
+        """PEFT's initialisations, so a fresh adapter behaves the same in both; then the
+        variant's tensors, which may depend on A and B (DoRA's magnitude does)."""
         A, B = self.lora_A[name], self.lora_B[name]
         if self.kind.indexed:
             if init is False:
@@ -180,24 +198,16 @@ class LoraAdapters(nn.Module):
             else:  # B random, A zero: still a no-op at start
                 nn.init.zeros_(A)
                 nn.init.normal_(B)
-            return
-        if init == "gaussian":
-            nn.init.normal_(A, std=1 / self.info[name].rank)
         else:
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-        if init is False:
-            nn.init.kaiming_uniform_(B, a=math.sqrt(5))
-        else:
-            nn.init.zeros_(B)
-        if self.info[name].dora:
-            self.reset_magnitude(name)
-
-    @torch.no_grad()
-    def reset_magnitude(self, name: str) -> None:
-        """m = ‖W + s·B·A‖ per output row, so a DoRA adapter starts as its plain LoRA does."""
-        info = self.info[name]
-        self.lora_magnitude_vector[name].copy_(
-            dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], info.scale))
+            if init == "gaussian":
+                nn.init.normal_(A, std=1 / self.info[name].rank)
+            else:
+                nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            if init is False:
+                nn.init.kaiming_uniform_(B, a=math.sqrt(5))
+            else:
+                nn.init.zeros_(B)
+        self.info[name].variant.reset(self, name)
 
     def _set_slot(self, rank: int, row_id: int, slot: int) -> None:
         table = self._slot_tables.get(rank)
@@ -221,22 +231,18 @@ class LoraAdapters(nn.Module):
                 self._slot_tables[rank] = grown
 
     def tensors_of(self, name: str) -> dict[str, nn.Parameter]:
-        """Adapter `name`'s tensors here, by role (see adapter_tensor_shapes)."""
+        """Adapter `name`'s tensors here, by role: the same roles as adapter_tensor_shapes."""
         tensors = {"A": self.lora_A[name], "B": self.lora_B[name]}
-        if self.info[name].dora:
-            tensors["M"] = self.lora_magnitude_vector[name]
+        for tensor in self.info[name].variant.tensors:
+            tensors[tensor.role] = self.extra(tensor.attr)[name]
         return tensors
 
     def has(self, name: str) -> bool:
         return name in self.info
 
     def is_noop(self, name: str) -> bool:
-        """True while the adapter cannot change outputs (B or A all zero; for DoRA, m = ‖W‖ too)."""
-        lora_noop = bool((self.lora_B[name] == 0).all() or (self.lora_A[name] == 0).all())
-        if not lora_noop or not self.info[name].dora:
-            return lora_noop
-        norm = dora.weight_norm(self.kind.dense_weight(self.base), self.lora_A[name], self.lora_B[name], 0.0)
-        return bool(torch.equal(self.lora_magnitude_vector[name].detach(), norm.to(self.lora_magnitude_vector[name].dtype)))
+        """True while the adapter cannot change outputs (its variant says when)."""
+        return self.info[name].variant.is_noop(self, name)
 
     # --- device moves -------------------------------------------------------
     def _apply(self, fn, recurse=True):
@@ -270,54 +276,56 @@ class LoraAdapters(nn.Module):
             return base_out
         return base_out - placement.tensor_values(self.base, "bias", base_out.device)
 
-    def _delta(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
-        """`base_out`: the base layer's output for x, which DoRA reuses as W x (as PEFT does)
-        where no dropout separates the two."""
+    def _lora_out(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s·B·A·x (..., out), the x it was computed from: after dropout, on the factors' device)."""
         A, B = self.lora_A[name], self.lora_B[name]
         scale = self.info[name].scale
         if self.kind.indexed:
             base = cast(nn.Embedding, self.base)
             after_A = F.embedding(x, A.T, base.padding_idx, base.max_norm,
                                   base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
-            return (after_A @ B.T) * scale  # (..., out)
+            return (after_A @ B.T) * scale, x  # (..., out)
         # Functional dropout: a module per adapter per layer would make every walk over
         # the model's modules (and so every load) slower as adapters accumulate.
         # x may sit elsewhere when accelerate's device_map hooks move inputs inside forward.
         x = F.dropout(x.to(A.device, A.dtype), self.info[name].dropout, self.training)
-        out = F.linear(F.linear(x, A), B) * scale  # (..., in) -> (..., r) -> (..., out)
-        if self.info[name].dora:
-            same_x = not self.training or self.info[name].dropout == 0
+        return F.linear(F.linear(x, A), B) * scale, x  # (..., in) -> (..., r) -> (..., out)
+
+    def _delta(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """What adapter `name` adds to the base output. `base_out`: the base layer's output for x,
+        which a variant reuses as W x (as PEFT does) where no dropout separates the two."""
+        out, dropped_x = self._lora_out(name, x)
+        variant = self.info[name].variant
+        if variant.corrects_output:
+            same_x = self.kind.indexed or not self.training or self.info[name].dropout == 0
             wx = self._base_without_bias(base_out) if base_out is not None and same_x else None
-            out = out + self._dora_correction(name, x, out, wx)
+            fix = variant.correction(self, name, dropped_x, out, wx)
+            if fix is not None:
+                out = out + fix
         return out
 
-    def _dora_correction(self, name: str, x: torch.Tensor, lora_out: torch.Tensor,
-                         base_out: torch.Tensor | None = None) -> torch.Tensor:
-        """DoRA's output on top of its plain LoRA output `lora_out` (see core/dora.py).
-        `base_out` (W x, bias excluded) is computed from x when not given."""
-        dense = self.kind.dense_weight(self.base)
-        norm = dora.weight_norm(dense, self.lora_A[name], self.lora_B[name], self.info[name].scale)
-        magnitude = self.lora_magnitude_vector[name]
-        return dora.correction(x, dense, lora_out, magnitude, norm, base_out).to(lora_out.dtype)
-
-    def _mixed_dora(self, x: torch.Tensor, route: Route, out: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        """Add the DoRA correction to the rows of DoRA adapters (their plain LoRA part already
-        came through the gathered path). Reads which rows use them: only when DoRA is here."""
+    def _mixed_corrections(self, x: torch.Tensor, route: Route, out: torch.Tensor,
+                           base_out: torch.Tensor) -> torch.Tensor:
+        """Add their variant's correction to the rows of adapters that have one (their plain LoRA
+        part already came through the gathered path). Reads which rows use them: only when one is here."""
         assert route.row_ids is not None
         row_ids = route.row_ids.to(x.device)  # made on the model's first device (model/mixed.py)
-        rows_of = {self.routing.ids[n]: n for n, info in self.info.items() if info.dora and n not in self.merged}
+        rows_of = {self.routing.ids[n]: n for n in self._correcting if n not in self.merged}
         for row_id in row_ids.unique().tolist():
             name = rows_of.get(row_id)
             if name is None:
                 continue
             rows = (row_ids == row_id).nonzero().squeeze(1)
-            A, B = self.lora_A[name], self.lora_B[name]
-            xr = x.index_select(0, rows).to(A.dtype)
-            lora_out = F.linear(F.linear(xr, A), B) * self.info[name].scale  # (k, ..., out)
+            lora_out, xr = self._lora_out(name, x.index_select(0, rows))  # (k, ..., out); eval: no dropout
             base_rows = self._base_without_bias(base_out.index_select(0, rows)).reshape(lora_out.shape)
-            fix = self._dora_correction(name, xr, lora_out, base_rows).reshape(rows.numel(), -1, self.out_features)
-            out = out.index_add(0, rows, fix.to(out.dtype))
+            fix = self.info[name].variant.correction(self, name, xr, lora_out, base_rows)
+            if fix is not None:
+                out = out.index_add(0, rows, fix.reshape(rows.numel(), -1, self.out_features).to(out.dtype))
         return out
+
+    def _corrected(self) -> bool:
+        """Does an unmerged adapter here correct its LoRA output (a variant such as DoRA)?"""
+        return any(n not in self.merged for n in self._correcting)
 
     def _mixed_delta(self, x: torch.Tensor, route: Route, result: torch.Tensor) -> torch.Tensor:
         """Each row with its own adapter: gather per-row factors, two batched matmuls.
@@ -337,8 +345,9 @@ class LoraAdapters(nn.Module):
         assert row_ids is not None  # forward sends only mixed routes here
         row_ids = row_ids.to(result.device)  # a no-op unless device_map spread the model over devices
         out = result.reshape(rows, -1, self.out_features)  # (rows, T, out), a view of result
-        # DoRA rows reuse the base output as W x (as PEFT does); it is about to be added to in place.
-        base_out = out.clone() if self.lora_magnitude_vector else out
+        # Variant rows (DoRA) reuse the base output as W x (as PEFT does); it is about to be added to in place.
+        corrected = self._corrected()
+        base_out = out.clone() if corrected else out
         # Accumulate in place when autograd does not need result as it was (mixed batches are eval-only).
         inplace = not (torch.is_grad_enabled() and out.requires_grad) and out.dtype == self.packs_dtype()
         for rank, pack in self.packs.items():
@@ -379,8 +388,8 @@ class LoraAdapters(nn.Module):
                     out.baddbmm_(h, Bt)  # out += h @ B^T, fused: (rows, T, r) @ (rows, r, out)
                 else:
                     out = out + torch.bmm(h, Bt).to(out.dtype)
-        if self.lora_magnitude_vector:
-            out = self._mixed_dora(x, route, out, base_out)
+        if corrected:
+            out = self._mixed_corrections(x, route, out, base_out)
         return out.view_as(result)
 
     def packs_dtype(self) -> torch.dtype:
@@ -398,24 +407,26 @@ class LoraAdapters(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self, weight: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in order.
-        Plain LoRA adds s·B·A; DoRA rescales (core/dora.py)."""
+        """A new tensor: `weight` (laid out like the base weight) with `names` merged in, in merge
+        order (each by its variant: plain LoRA adds s·B·A, DoRA rescales)."""
         merged = weight.clone()
-        for name in names:
+        for name in self._merge_order(names):
             self._merge_one(merged, name)
         return merged
 
-    def _merge_one(self, weight: torch.Tensor, name: str) -> torch.Tensor | None:
-        """Merge `name` into `weight` in place; for DoRA, return the norm its unmerge needs."""
-        delta = self.delta_weight(name)
-        if not self.info[name].dora:
-            weight.add_(delta.to(weight.device, weight.dtype))
-            return None
+    def _merge_order(self, names: list[str]) -> list[str]:
+        """Non-additive merges (DoRA) first, on the base weight alone, as their forward sees it
+        (W x is the base output); additive ones after, in any order. Otherwise as given."""
+        return sorted(names, key=lambda n: self.info[n].variant.additive_merge)
+
+    def _merge_one(self, weight: torch.Tensor, name: str) -> object:
+        """Merge `name` into `weight` (laid out like the base weight) in place; return what
+        its variant's unmerge needs back."""
         layout = self.kind.to_weight_layout  # its own inverse: (out, in) <-> the stored layout
-        new, norm = dora.merge(layout(weight), layout(delta).to(weight.device),
-                               self.lora_magnitude_vector[name].detach().to(weight.device))
+        delta = layout(self.delta_weight(name)).to(weight.device)  # (out, in)
+        new, state = self.info[name].variant.merge(self, name, layout(weight), delta)
         weight.copy_(layout(new))
-        return norm
+        return state
 
     @torch.no_grad()
     def merge_is_finite(self, names: list[str]) -> bool:
@@ -432,44 +443,38 @@ class LoraAdapters(nn.Module):
         assert not (todo and self.kind.quantized), "AdapterModel refuses merges into quantized weights"
         if not todo:
             return todo  # nothing to write: an offloaded weight keeps its hook's own map
+        batch = todo
+        if self.merged and not all(self.info[n].variant.additive_merge for n in todo):
+            # A non-additive merge must meet the base weight alone: take the merged ones out
+            # (exactly: unmerge is the inverse), then merge everything back in merge order.
+            batch = list(self.merged) + todo
+            self.unmerge()
         if not self.merged:
             placement.begin_merge(self.base)  # offloaded: keep W to put back exactly at the last unmerge
         weight = placement.writable_weight(self.base)
-        for name in todo:
-            norm = self._merge_one(weight, name)
-            if norm is not None:
-                self._dora_norms[name] = norm
+        for name in self._merge_order(batch):
+            self._merge_state[name] = self._merge_one(weight, name)
             self.merged.append(name)
         return todo
 
     @torch.no_grad()
     def unmerge(self, names: list[str] | None = None) -> None:
-        """Undo merges, newest first. DoRA's merge is not additive, so unmerging one adapter
-        also unmerges (and then re-merges) the adapters merged after it."""
+        """Undo merges, newest first. A variant's merge may not be additive (DoRA's is not), so
+        unmerging one adapter also unmerges (and then re-merges) the adapters merged after it."""
         names = list(self.merged) if names is None else [n for n in names if n in self.merged]
         if not names:
             return
         weight = placement.writable_weight(self.base)
         first = min(self.merged.index(n) for n in names)
         later = self.merged[first:]
-        if not any(self.info[n].dora for n in later):  # additive: subtract just these
-            for name in reversed(names):
-                weight.sub_(self.delta_weight(name).to(weight.device, weight.dtype))
-                self.merged.remove(name)
-            if not self.merged:
-                placement.end_merge(self.base)
-            return
-        remerge = [n for n in later if n not in names]
-        for name in reversed(later):
-            delta = self.delta_weight(name)
-            if self.info[name].dora:
-                layout = self.kind.to_weight_layout
-                restored = dora.unmerge(layout(weight), layout(delta).to(weight.device),
-                                        self.lora_magnitude_vector[name].detach().to(weight.device),
-                                        self._dora_norms.pop(name))
-                weight.copy_(layout(restored))
-            else:
-                weight.sub_(delta.to(weight.device, weight.dtype))
+        # Additive merges commute: take out just these. Otherwise unwind back to the first of them.
+        undo = names if all(self.info[n].variant.additive_merge for n in later) else later
+        remerge = [n for n in later if n not in names and n in undo]
+        layout = self.kind.to_weight_layout
+        for name in reversed(undo):
+            delta = layout(self.delta_weight(name)).to(weight.device)  # (out, in)
+            restored = self.info[name].variant.unmerge(self, name, layout(weight), delta, self._merge_state.pop(name))
+            weight.copy_(layout(restored))
             self.merged.remove(name)
         if not self.merged:
             placement.end_merge(self.base)

@@ -29,6 +29,7 @@ from adapterkit.core.injection import (
 )
 from adapterkit.core.layer import AdapterRouting
 from adapterkit.core.targeting import find_targets
+from adapterkit.core.variants import variant_of
 from adapterkit.errors import (
     AdapterCapacityError,
     AdapterExistsError,
@@ -40,11 +41,11 @@ from adapterkit.errors import (
 from adapterkit.io.fingerprint import BaseFingerprint, base_fingerprint
 from adapterkit.io.folder import read_adapter_folder, write_adapter_folder
 from adapterkit.model.base_init import apply_base_init, check_base_init, convert_to_plain_lora
-from adapterkit.model.loading import LoadPlan, check_dora_targets, check_load, resolve_saved_modules
+from adapterkit.model.loading import LoadPlan, check_load, check_variant_targets, resolve_saved_modules
 from adapterkit.model.mixed import mixed_rows
 from adapterkit.model.offload import check_offloaded_targets, forget_tie, weight_sharers
 from adapterkit.model.quantized import dequantized_replacements, refuse_quantized_merge, swap_in_dequantized
-from adapterkit.model.state import adapter_tensors, bias_modules, saved_wrappers
+from adapterkit.model.state import adapter_tensors, base_module_at, saved_wrappers, trained_biases
 from adapterkit.model.values import check_values
 
 
@@ -188,7 +189,7 @@ class AdapterModel(nn.Module):
             raise bad_scales[0]
         targets, saved = self._targets_for(peft_config)  # raises before anything changes
         check_base_init(self.model, peft_config, targets)
-        check_dora_targets(peft_config, targets)
+        check_variant_targets(peft_config, targets)
         check_offloaded_targets(self.model, peft_config, targets, saved, self._module_walk())
         self._install(adapter_name, peft_config, targets, saved, trainable, peft_config.init_lora_weights, _activate)
         if is_base_init(peft_config.init_lora_weights):  # PiSSA / OLoRA: factors from the base, residual left in it
@@ -197,7 +198,7 @@ class AdapterModel(nn.Module):
     def _install(self, adapter_name, peft_config, targets, saved, trainable, init, activate,
                  factors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Attach a checked adapter to its target modules, initialised as `init` says, or,
-        for a validated load, written straight from `factors` (module -> {"A", "B"})."""
+        for a validated load, written straight from `factors` (module -> {"A", "B", the variant's})."""
         if peft_config.task_type in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
             peft_config.modules_to_save = peft_config.head_modules_to_save()
         new_modules = bool(saved) or any(not hasattr(t.module, "lora") for t in targets)
@@ -207,7 +208,7 @@ class AdapterModel(nn.Module):
                 lora.add(adapter_name, peft_config.rank_for(target.name), peft_config.alpha_for(target.name),
                          peft_config.lora_dropout, peft_config.use_rslora,
                          None if factors is not None else init, trainable=False,
-                         use_dora=peft_config.use_dora)
+                         variant=variant_of(peft_config))
                 if factors is not None:  # one pass: no second walk to find the slots again
                     for role, tensor in lora.tensors_of(adapter_name).items():
                         tensor.copy_(factors[target.name][role])
@@ -219,8 +220,8 @@ class AdapterModel(nn.Module):
         self._trainable[adapter_name] = trainable
         self._ownership.pop(adapter_name, None)
         if trainable:
-            for module in bias_modules(self.model, peft_config, adapter_name).values():
-                module.bias.requires_grad_(True)
+            for bias in trained_biases(self.model, peft_config, adapter_name, self._module_walk()):
+                bias.requires_grad_(True)
         if activate or (activate is None and not self.routing.active):
             self._activate((adapter_name,))
 
@@ -336,7 +337,7 @@ class AdapterModel(nn.Module):
     def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
         """The adapter's tensors keyed as in PEFT's adapter_model.safetensors."""
         self._check_known(adapter_name)
-        return adapter_tensors(self.model, self.peft_config[adapter_name], adapter_name)
+        return adapter_tensors(self.model, self.peft_config[adapter_name], adapter_name, self._module_walk())
 
     def save_pretrained(self, save_directory: str | os.PathLike, selected_adapters: list[str] | None = None,
                         safe_serialization: bool = True,
@@ -426,7 +427,7 @@ class AdapterModel(nn.Module):
             module = self.model.get_submodule(path)
             module.modules_to_save[adapter_name].load_state_dict(params)
         for path, bias in plan.biases.items():
-            module = self.model.get_submodule(path)
+            module = base_module_at(self.model, path)  # a modules_to_save wrapper holds the base's module
             module.bias.copy_(bias)
         for path, weight in plan.base_weights.items():
             module = self.model.get_submodule(path)

@@ -116,7 +116,9 @@ def convert_to_plain_lora(config: LoraConfig, tensors: dict[str, torch.Tensor],
 
 
 def _factor_of(key: str) -> str | None:
+    """"A" or "B" for a factor's key; None for anything else, a variant's own tensors included (DoRA's
+    magnitude: W_res + s·B·A and the converted W + s·(B·A - B₀·A₀) are one matrix, so it carries over)."""
     for suffix, factor in keys.SUFFIX_FACTOR.items():
         if key.endswith("." + suffix):
-            return factor
+            return factor if factor in ("A", "B") else None
     return None

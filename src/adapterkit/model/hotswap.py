@@ -21,6 +21,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ from adapterkit.core.layer import lora_scale
 from adapterkit.errors import HotswapError
 from adapterkit.io.folder import read_adapter_folder
 from adapterkit.model.loading import check_load
+from adapterkit.model.state import base_module_at
 
 
 @dataclass
@@ -234,7 +236,8 @@ def _apply(model, adapter_name: str, plan: HotswapPlan) -> None:
     for path, params in plan.saved.items():
         model.model.get_submodule(path).modules_to_save[adapter_name].load_state_dict(params)
     for path, bias in plan.biases.items():
-        model.model.get_submodule(path).bias.copy_(bias)
+        module: Any = base_module_at(model.model, path)  # a modules_to_save wrapper holds the base's module
+        module.bias.copy_(bias)
     assert plan.config is not None
     model.peft_config[adapter_name] = plan.config
 

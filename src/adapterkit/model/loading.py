@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 from torch import nn
 
 from adapterkit.core.config import CONFIG_NAME, TASK_HEADS, LoraConfig
-from adapterkit.core.injection import ModulesToSave, lora_modules, walk
-from adapterkit.core.layer import adapter_tensor_shapes
+from adapterkit.core.injection import walk
 from adapterkit.core.targeting import TargetedModule, find_targets
+from adapterkit.core.variants import variant_of
 from adapterkit.errors import (
     AdapterError,
     AdapterKeyMismatchError,
@@ -34,6 +33,7 @@ from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import AdapterFiles
 from adapterkit.model.base_init import check_base_init
 from adapterkit.model.offload import check_offloaded_targets
+from adapterkit.model.state import Layout, accepted_extras, adapter_layout, base_module_at, bias_aliases
 from adapterkit.model.values import ValueCheck, check_values
 
 
@@ -41,7 +41,7 @@ from adapterkit.model.values import ValueCheck, check_values
 class LoadPlan:
     targets: list[TargetedModule]
     saved_modules: list[str]
-    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A","B"(,"M")}
+    factors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {"A", "B", variant's}
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: t}
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> bias
     base_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> full weight
@@ -73,44 +73,11 @@ def resolve_saved_modules(model: nn.Module, config: LoraConfig, modules=None) ->
     return found
 
 
-def _original(model: nn.Module, path: str) -> nn.Module:
-    module = model.get_submodule(path)
-    return module.original_module if isinstance(module, ModulesToSave) else module
-
-
-def expected_tensors(model: nn.Module, config: LoraConfig, targets: list[TargetedModule],
-                     saved_modules: list[str], modules=None) -> dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]:
-    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]] = {}
-    modules = list(walk(model, modules))
-    existing_loras = lora_modules(model, modules)
-    for target in targets:
-        rank = config.rank_for(target.name)
-        for role, shape in adapter_tensor_shapes(target.kind, target.module, rank, config.use_dora).items():
-            expected[keys.factor_key(target.name, target.kind.name, role)] = (keys.TensorDestination(role, target.name), shape)
-    for path in saved_modules:
-        for param, tensor in _original(model, path).state_dict().items():
-            expected[keys.saved_key(path, param)] = (keys.TensorDestination("saved", path, param), tuple(tensor.shape))
-    if config.bias != "none":
-        target_names = {t.name for t in targets}
-        if config.bias == "lora_only":
-            candidates = {t.name: t.module for t in targets}
-        else:
-            inside = {n for n, m in modules if ".modules_to_save." in n or ".original_module" in n}
-            candidates = {n: m for n, m in modules
-                          if n not in inside and n not in saved_modules and not isinstance(m, ModulesToSave)}
-        for path, module in candidates.items():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.Tensor):
-                wrapped = path in target_names or path in existing_loras
-                expected[keys.bias_key(path, wrapped)] = (keys.TensorDestination("bias", path), tuple(bias.shape))
-    return expected
-
-
 @dataclass
 class TensorCheck:
     """How an adapter's tensors compare with what a model expects for its config."""
 
-    expected: dict[str, tuple[keys.TensorDestination, tuple[int, ...]]]
+    expected: Layout
     unexpected: list[str]
     missing: list[str]
     mismatched: list[tuple[str, keys.TensorDestination, tuple[int, ...]]]  # key, destination, expected shape
@@ -120,27 +87,14 @@ class TensorCheck:
 def check_tensors(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor],
                   targets: list[TargetedModule], saved_modules: list[str], modules=None,
                   allow_nonfinite: bool = False) -> TensorCheck:
-    """Compare file tensors with the model, without changing anything."""
-    expected = expected_tensors(model, config, targets, saved_modules, modules)
+    """Compare file tensors with the model, without changing anything. `tensors` may be re-keyed
+    in place: a bias under PEFT's other spelling takes the key the layout gives it."""
+    expected = adapter_layout(model, config, targets, saved_modules, modules)  # model/state.py: the one owner
+    for alias, key in bias_aliases(expected).items():
+        if alias in tensors and key not in tensors:
+            tensors[key] = tensors.pop(alias)
 
-    # Optional: full base weights of LoRA'd modules, as PEFT writes for embeddings.
-    optional = {}
-    for target in targets:
-        key = f"{keys.PREFIX}{target.name}.{keys.WRAPPED_WEIGHT}"
-        if key in tensors:
-            shape = tuple(cast(torch.Tensor, target.module.weight).shape)
-            optional[key] = (keys.TensorDestination("base_weight", target.name), shape)
-    # PEFT with bias="all" also writes the biases inside a modules_to_save wrapper, as
-    # "<m>.modules_to_save.bias" (a copy of "<m>.bias") and "<m>.original_module.bias"
-    # (the head the adapter replaces): accepted, and not used.
-    if config.bias == "all":
-        for path in saved_modules:
-            for param, tensor in _original(model, path).state_dict().items():
-                for inner in ("modules_to_save", "original_module"):
-                    key = f"{keys.PREFIX}{path}.{inner}.{param}"
-                    if param.endswith("bias") and key in tensors:
-                        optional[key] = (keys.TensorDestination("ignored", path, param), tuple(tensor.shape))
-    expected.update(optional)
+    expected.update(accepted_extras(model, config, targets, saved_modules, tensors.keys()))
     unexpected = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     mismatched = [(key, dest, shape) for key, (dest, shape) in expected.items()
@@ -158,12 +112,12 @@ def _overflows(model, expected, tensors, targets_by_name, skip: set[str]) -> lis
         tensor = tensors.get(key)
         if tensor is None or key in skip or not tensor.is_floating_point():
             continue
-        if dest.role in ("A", "B", "M", "base_weight"):
+        if dest.role in keys.LORA_ROLES or dest.role == "base_weight":
             into = targets_by_name[dest.module].module.weight.dtype
         elif dest.role == "saved":
-            into = _original(model, dest.module).state_dict()[dest.param].dtype
+            into = base_module_at(model, dest.module).state_dict()[dest.param].dtype
         elif dest.role == "bias":
-            into = model.get_submodule(dest.module).bias.dtype
+            into = base_module_at(model, dest.module).bias.dtype
         else:
             continue
         if not into.is_floating_point:  # a quantized base: the adapter runs in its compute dtype
@@ -210,7 +164,7 @@ def check_load(model: nn.Module, files: AdapterFiles, base: BaseFingerprint, *, 
         targets, saved_modules = find_targets(model, config, modules), resolve_saved_modules(model, config, modules)
     else:
         targets, saved_modules = targets_for(config)
-    check_dora_targets(config, targets)
+    check_variant_targets(config, targets)
     check_base_init(model, config, targets)  # PiSSA / OLoRA residuals: never into a tied or quantized weight
     check_offloaded_targets(model, config, targets, saved_modules, modules)  # no trained base tensor offloaded
     check = check_tensors(model, config, files.tensors, targets, saved_modules, modules, allow_nonfinite)
@@ -266,7 +220,7 @@ def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
     plan = LoadPlan(targets, saved_modules)
     for key, (dest, _) in expected.items():
         tensor = tensors[key]
-        if dest.role in ("A", "B", "M"):
+        if dest.role in keys.LORA_ROLES:
             plan.factors.setdefault(dest.module, {})[dest.role] = tensor
         elif dest.role == "saved":
             plan.saved.setdefault(dest.module, {})[dest.param] = tensor
@@ -277,15 +231,15 @@ def _plan(targets, saved_modules, expected, tensors) -> LoadPlan:
     return plan
 
 
-def check_dora_targets(config: LoraConfig, targets: list[TargetedModule]) -> None:
-    """use_dora=True on modules DoRA is implemented for (Linear, Conv1D, quantized Linear)."""
-    if not config.use_dora:
-        return
-    unsupported = [t.name for t in targets if t.kind.indexed]
+def check_variant_targets(config: LoraConfig, targets: list[TargetedModule]) -> None:
+    """The config's LoRA variant (core/variants.py) supports the kind of every module it targets."""
+    variant = variant_of(config)
+    unsupported = [t for t in targets if not variant.supports(t.kind)]
     if unsupported:
+        kinds = sorted({t.kind.name for t in unsupported})
         raise UnsupportedAdapterError(
-            f"use_dora=True targets embedding layer(s) {unsupported[:3]}, where adapterkit does not implement "
-            "DoRA yet. Exclude them (exclude_modules) or set use_dora=False.")
+            f"{variant.flag}=True targets {kinds} layer(s) {[t.name for t in unsupported][:3]}, where adapterkit "
+            f"does not implement {variant.name}. Exclude them (exclude_modules) or set {variant.flag}=False.")
 
 
 def _base_note(config: LoraConfig, recorded: BaseFingerprint | None) -> str:

@@ -24,6 +24,7 @@ from adapterkit.core import placement
 from adapterkit.core.config import LoraConfig
 from adapterkit.core.injection import ModulesToSave, walk
 from adapterkit.errors import OffloadedWeightError
+from adapterkit.model.state import bias_owners
 
 _FIX = ("Load the base without offloading these modules (a device_map or max_memory that keeps them in memory), "
         "or leave them out of the adapter")
@@ -38,13 +39,8 @@ def check_offloaded_targets(model: nn.Module, config: LoraConfig, targets: Itera
                             modules=None) -> None:
     """Refuse, before anything changes, what cannot be trained on offloaded modules (see the docstring)."""
     if config.bias != "none":
-        if config.bias == "lora_only":
-            candidates = [(t.name, t.module) for t in targets]
-        else:  # "all": every bias outside adapter-owned copies
-            candidates = [(n, m) for n, m in walk(model, modules)
-                          if ".modules_to_save." not in f".{n}." and ".original_module" not in n
-                          and not isinstance(m, ModulesToSave)]
-        offloaded = [n for n, m in candidates if placement.is_offloaded(m, "bias")]
+        owners = bias_owners(config, list(targets), saved_modules, list(walk(model, modules)))  # model/state.py
+        offloaded = [n for n, m in owners.items() if placement.is_offloaded(m, "bias")]
         if offloaded:
             raise OffloadedWeightError(
                 f"bias={config.bias!r} trains the biases of {offloaded[:3]}, which accelerate has offloaded (their "

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adapterkit.core.config import CONFIG_NAME
+from adapterkit.core.variants import variant_of
 from adapterkit.files import sha256_file
 from adapterkit.io.fingerprint import BaseFingerprint
 from adapterkit.io.folder import (
@@ -17,6 +18,7 @@ from adapterkit.io.folder import (
     find_weights,
     read_adapter_folder,
 )
+from adapterkit.model.state import module_roles
 from adapterkit.model.values import check_values
 
 
@@ -30,6 +32,8 @@ class AdapterFolderSummary:
     rank: int
     lora_alpha: float
     use_rslora: bool
+    use_dora: bool
+    variant: str  # the LoRA variant (core/variants.py): "lora", "dora"
     target_modules: list[str] | str | None
     modules_to_save: list[str] | None
     rank_pattern: dict
@@ -58,13 +62,16 @@ def inspect_adapter(folder: str | Path, include_subfolders: bool = True,
         raise problems[0]
     weights = find_weights(Path(folder))
     recorded = BaseFingerprint.from_metadata(files.metadata)
-    modules = {k.rsplit(".lora_", 1)[0] for k in files.tensors if ".lora_" in k}
+    # Keys read through the one mapping (io.keys), as load reads them: a module is adapted when it has a factor.
+    modules = module_roles(files.tensors, set())
     summary = AdapterFolderSummary(
         folder=str(folder),
         peft_type=str(config.peft_type),
         rank=config.r,
         lora_alpha=config.lora_alpha,
         use_rslora=config.use_rslora,
+        use_dora=bool(config.use_dora),
+        variant=variant_of(config).name,
         target_modules=config.target_modules,
         modules_to_save=config.modules_to_save,
         rank_pattern=config.rank_pattern,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapterkit.core.layer import LoraAdapters
+from adapterkit.core.layer import LoraAdapters, adapter_tensor_shapes
 from adapterkit.errors import DistributedTrainingError
 from adapterkit.training.distributed import ReplicaGroup
 
@@ -84,9 +84,11 @@ def check_adapter_whole(model: nn.Module) -> int:
         if not isinstance(module, LoraAdapters):
             continue
         for name, info in module.info.items():
-            expected = {"lora_A": (info.rank, module.in_features), "lora_B": (module.out_features, info.rank)}
-            for factor, shape in expected.items():
-                tensor = getattr(module, factor)[name]
+            # Every tensor of the adapter here (a variant's too: DoRA's magnitude), by its in-memory name.
+            shapes = adapter_tensor_shapes(module.kind, module.base, info.rank, info.variant)
+            names = {"A": "lora_A", "B": "lora_B", **{t.role: t.attr for t in info.variant.tensors}}
+            for role, tensor in module.tensors_of(name).items():
+                factor, shape = names[role], shapes[role]
                 local_shape = tuple(_local(tensor).shape)
                 if local_shape != shape or tensor.numel() == 0:
                     raise DistributedTrainingError(

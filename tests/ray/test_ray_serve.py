@@ -124,8 +124,10 @@ def deployment(cluster, tmp_path_factory):
     argv += ["--served-model-name", "smollm2", *REPLICA_OPTIONS]
     env = {**os.environ, "RAY_ADDRESS": cluster, "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=env)
+    log = root / "serve-replicas.stderr"  # Ray's and the command's messages: the tail is shown if it fails
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "adapterkit.cli.main", *argv[1:]], stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True, env=env)
     deployed = None
     try:
         from adapterkit.cli.main import main
@@ -134,7 +136,10 @@ def deployment(cluster, tmp_path_factory):
         for name, folder in adapter_dirs.items():
             argv = substitute(put, {"/shared/adapters": str(store_root), "out/reverse": str(folder), "reverse": name})
             assert main(argv[1:]) == 0
-        line = _line_starting(process, "adapterkit serve:", timeout_s=300)
+        try:
+            line = _line_starting(process, "adapterkit serve:", timeout_s=300)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; its stderr ends:\n{log.read_text()[-3000:]}") from None
         assert f"127.0.0.1:{port}" in line and f"2 replicas on Ray Serve (the Ray cluster at {cluster})" in line, line
         print(f"adapterkit serve --replicas 2: serving {time.monotonic() - started:.1f} s after the command")
         deployed = Deployment(f"http://127.0.0.1:{port}", store_root, adapter_dirs, base_dir, cluster)

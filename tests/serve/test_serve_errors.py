@@ -178,9 +178,10 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(base_dir):
         assert health["free_rows"] == 2
         assert server.state.engine.stats.tokens_generated < 3900
         # A non-streaming request whose client gives up is cancelled too.
+        before = server.state.engine.stats.tokens_generated
         asyncio.run(_post_then_give_up(server.url, {**body, "stream": False}))
         _wait_idle(server)
-        assert server.state.engine.stats.tokens_generated < 2 * 3900
+        assert server.state.engine.stats.tokens_generated - before < 3900
         metrics = httpx.get(server.url + "/metrics").text
         assert "adapterkit_running_sequences 0.0" in metrics
 

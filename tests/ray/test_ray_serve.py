@@ -84,6 +84,11 @@ def cluster():
     ray, serve = _ray()
     environment = pytest.MonkeyPatch()
     environment.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve's controller gives its HTTP proxy 3 readiness checks of 5 s, then kills it, and `serve.start`
+    # in the command fails with ActorDiedError: seen with the machine loaded. Bounds, not paces; the
+    # daemons and workers of this cluster inherit them.
+    environment.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    environment.setenv("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     # ray.init sets RAY_AUTH_MODE=token here (Ray 2.60's default for a new local cluster): the commands this
     # module runs inherit it and join with the token in ~/.ray/auth_token. Restored at the end.
     if "RAY_AUTH_MODE" in os.environ:

@@ -84,11 +84,12 @@ def cluster():
     ray, serve = _ray()
     environment = pytest.MonkeyPatch()
     environment.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # Serve's controller gives its HTTP proxy 3 readiness checks of 5 s, then kills it, and `serve.start`
-    # in the command fails with ActorDiedError: seen with the machine loaded. Bounds, not paces; the
-    # daemons and workers of this cluster inherit them.
-    environment.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
-    environment.setenv("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
+    # The proxy bounds `adapterkit serve --replicas` gives a cluster it starts (the daemons and workers of
+    # this one inherit them): Serve's default 3 x 5 s readiness checks killed the proxy on a loaded machine.
+    from adapterkit.integrations.ray.launch import LOCAL_CLUSTER_DEFAULTS
+
+    for key, value in LOCAL_CLUSTER_DEFAULTS.items():
+        environment.setenv(key, value)
     # ray.init sets RAY_AUTH_MODE=token here (Ray 2.60's default for a new local cluster): the commands this
     # module runs inherit it and join with the token in ~/.ray/auth_token. Restored at the end.
     if "RAY_AUTH_MODE" in os.environ:

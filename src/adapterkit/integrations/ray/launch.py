@@ -18,6 +18,11 @@ from adapterkit.integrations.ray.options import RayServeOptions
 
 # Set before Ray is imported: no usage report leaves this machine.
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0"}
+# For a cluster started here (its daemons inherit them; the user's own values win): Serve's controller
+# gives its HTTP proxy 3 readiness checks of 5 s and then kills it, and on a loaded machine `serve.start`
+# failed with ActorDiedError. Bounds, not paces.
+LOCAL_CLUSTER_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+                          "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 
 
 def connect_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> bool:
@@ -32,6 +37,8 @@ def connect_ray(num_cpus: int | None = None, temp_dir: str | None = None) -> boo
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
+    for key, value in LOCAL_CLUSTER_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
     return True
 

@@ -5,11 +5,8 @@ uvicorn server on 127.0.0.1 in a thread, and the oracle: each request run alone 
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 
 import torch
-import uvicorn
 
 from adapterkit import AdapterModel
 from adapterkit.serve.background import BackgroundServer
@@ -28,24 +25,7 @@ API_KEY = "test-key"
 
 class ServerThread(BackgroundServer):
     """A real uvicorn server on 127.0.0.1 in a background thread, with the app's ServerState at hand.
-
-    Its listening socket is bound here, before the thread starts, and handed to uvicorn: a port picked
-    first and bound later can be handed to another connection meanwhile on a busy machine. `port`: a
-    given one (a server taking over a stopped one's address), or 0 for any free one."""
-
-    def __init__(self, app, port: int = 0, log_level: str = "warning", graceful_shutdown_s: float = 10) -> None:
-        self.socket = socket.socket()
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own bind does
-        self.socket.bind(("127.0.0.1", port))
-        super().__init__(app, port=self.socket.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
-                                                    timeout_graceful_shutdown=graceful_shutdown_s))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
-                                       name="adapterkit-http", daemon=True)
-
-    def __exit__(self, *exc) -> None:
-        super().__exit__(*exc)
-        self.socket.close()  # uvicorn closed its listener; this closes the test's handle too
+    `port`: a given one (a server taking over a stopped one's address), or 0 for any free one."""
 
     @property
     def state(self):

@@ -52,7 +52,9 @@ def run_train(args) -> int:
         return launch_workers(args.nproc, worker_argv(args, add_train))
     group = ReplicaGroup.from_environment()  # one process unless torchrun started this one
     try:
-        return _train_in_group(args, group)
+        status = _train_in_group(args, group)
+        group.wait_for_all()
+        return status
     finally:
         group.close()
 

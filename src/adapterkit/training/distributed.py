@@ -109,6 +109,13 @@ class ReplicaGroup:
         """Rank 0 writes checkpoints and the final adapter; the others only compute."""
         return self.rank == 0
 
+    def wait_for_all(self) -> None:
+        """Every rank reaches this before any goes on: called before tearing the group down, so that a rank
+        done early (not the writer) does not destroy its process group while rank 0 still saves (a worker
+        aborted with "terminate called without an active exception" in CI)."""
+        if self.distributed:
+            dist.barrier()
+
     def close(self) -> None:
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -125,14 +125,6 @@ class LoraAdapters(nn.Module):
     def base(self) -> nn.Module:
         return self.__dict__["_base"]
 
-    @staticmethod
-    def _weight_of(module: nn.Module) -> torch.Tensor:
-        return cast(torch.Tensor, module.weight)
-
-    @property
-    def base_weight(self) -> torch.Tensor:
-        return self._weight_of(self.base)
-
     def _params(self):
         return (self.lora_A, self.lora_B)
 
